@@ -1,0 +1,116 @@
+"""`harness` on the command line: validate, search, status, submit, list."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+import click
+import pandas as pd
+
+from .paths import Run, open_run
+from .spec import SpecError
+
+REGISTRIES = {
+    "layouts": "harness.layouts:LAYOUTS", "metrics": "harness.metrics:METRICS",
+    "losses": "harness.losses:LOSSES", "augmentations": "harness.augment:AUGMENTS",
+    "pruners": "harness.search:PRUNERS", "models": "harness.models:MODEL_FAMILIES",
+    "preparers": "harness.layouts:PREPARERS",
+}
+
+
+def run_options(command: Callable) -> Callable:
+    """The options every command shares, resolved into a `Run`."""
+
+    @click.argument("competition", type=click.Path(exists=True))
+    @click.option("--data-root", help="Data folder (else $HARNESS_DATA, else the spec's data_root).")
+    @click.option("--run-dir", help="Run folder (default runs/<name>).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a competition.yaml field by dotted path, e.g. search.epochs=[1].")
+    @click.option("--storage", help="Optuna storage URL (default sqlite:///<run-dir>/study.db).")
+    @functools.wraps(command)
+    def wrapper(competition, data_root, run_dir, overrides, storage, **kwargs):
+        try:
+            run = open_run(competition, data_root, run_dir, overrides, storage)
+            return command(run, **kwargs)
+        except SpecError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """AutoML harness for image competitions."""
+
+
+@main.command()
+@run_options
+def validate(run: Run) -> None:
+    """Check the spec and data; print the samples table summary."""
+    from .report import data_summary
+    from .search import prepare_data
+
+    data = prepare_data(run)
+    click.echo(f"{run.spec.name}: {run.spec.task}, metric {run.spec.metric}, {run.spec.folds} folds")
+    click.echo(data_summary(data))
+    click.echo("ok")
+
+
+@main.command()
+@run_options
+@click.option("--trials", type=int, default=20, show_default=True,
+              help="Finished trials the study should hold in total (running again continues).")
+@click.option("--timeout", type=float, help="Stop starting trials after this many seconds.")
+def search(run: Run, trials: int, timeout: float | None) -> None:
+    """Search until the study holds --trials finished trials."""
+    from .search import count_finished, run_search
+
+    try:
+        study = run_search(run, trials, timeout, echo=click.echo)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    best = study.best_trial if count_finished(study) and _has_complete(study) else None
+    click.echo(f"{count_finished(study)} finished trials in {run.storage_url}"
+               + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))
+
+
+@main.command()
+@run_options
+def status(run: Run) -> None:
+    """Leaderboard: trial, state, CV, fold scores, params, duration."""
+    from .report import leaderboard
+    from .search import open_study
+
+    table = leaderboard(open_study(run, create=False), run.spec.metric)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        click.echo(table.to_string(index=False) if not table.empty else "no trials yet")
+
+
+@main.command()
+@run_options
+def submit(run: Run) -> None:
+    """Ensemble the finished trials and write the submission."""
+    from .submit import make_submission
+
+    make_submission(run, echo=click.echo)
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(sorted(REGISTRIES)))
+def list_choices(what: str) -> None:
+    """List registered layouts, metrics, losses, augmentations, pruners, models."""
+    module, attr = REGISTRIES[what].split(":")
+    registry = getattr(__import__(module, fromlist=[attr]), attr)
+    for name in registry.names():
+        click.echo(f"{name:18s} {registry.describe(name)}")
+
+
+def _has_complete(study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

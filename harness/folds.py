@@ -1,0 +1,68 @@
+"""Fold assignment: computed once per run, saved to folds.csv, identical for every trial."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .layouts import Samples
+from .spec import SpecError
+
+
+def make_folds(samples: Samples, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold."""
+    y = samples.y
+    groups = samples.train["group"]
+    has_groups = groups.notna().any()
+    if has_groups:
+        n_groups = groups.nunique()
+        if n_groups < n_folds:
+            raise SpecError(f"folds: {n_folds} folds need at least {n_folds} groups, found {n_groups}")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y, groups.to_numpy())
+    else:
+        if np.bincount(y).max() < n_folds:
+            raise SpecError(f"folds: {n_folds} folds need a class with at least {n_folds} images")
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y)
+    fold = np.full(len(y), -1, dtype=int)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return fold
+
+
+def folds_table(samples: Samples, fold: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"listed": samples.train["listed"], "label": samples.train["label"],
+                         "group": samples.train["group"], "fold": fold})
+
+
+def folds_hash(table: pd.DataFrame) -> str:
+    text = "\n".join(f"{a},{b},{c}" for a, b, c in zip(table["listed"], table["label"], table["fold"]))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def listing_hash(paths: pd.Series) -> str:
+    return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int) -> pd.DataFrame:
+    """The run's folds: read from `path` if it exists (checked against the data), else made and saved."""
+    if path.is_file():
+        table = pd.read_csv(path, dtype={"listed": str, "label": str, "group": str})
+        same_rows = table["listed"].tolist() == samples.train["listed"].tolist() and \
+            table["label"].tolist() == samples.train["label"].tolist()
+        if not same_rows:
+            raise SpecError(f"{path}: made for other training data; use a new --run-dir")
+        if table["fold"].nunique() != n_folds:
+            raise SpecError(
+                f"{path}: has {table['fold'].nunique()} folds, the spec asks {n_folds}; use a new --run-dir"
+            )
+        return table
+    table = folds_table(samples, make_folds(samples, n_folds, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path.with_suffix(".tmp"), index=False)
+    path.with_suffix(".tmp").replace(path)
+    return table

@@ -1,0 +1,60 @@
+"""Classification losses: one registered factory `(class_weight) -> loss(logits, y)` each."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+LOSSES = Registry("loss")
+
+
+@LOSSES.register("ce")
+def cross_entropy(class_weight: Optional[torch.Tensor] = None) -> nn.Module:
+    """Cross-entropy."""
+    return nn.CrossEntropyLoss(weight=class_weight)
+
+
+@LOSSES.register("label_smoothing")
+def label_smoothing(class_weight: Optional[torch.Tensor] = None) -> nn.Module:
+    """Cross-entropy with label smoothing 0.1."""
+    return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=0.1)
+
+
+class FocalLoss(nn.Module):
+    def __init__(self, gamma: float = 2.0, class_weight: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("class_weight", class_weight)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        loss = -((1 - logp.exp()) ** self.gamma) * logp
+        if self.class_weight is not None:
+            loss = loss * self.class_weight[y]
+        return loss.mean()
+
+
+@LOSSES.register("focal")
+def focal(class_weight: Optional[torch.Tensor] = None) -> nn.Module:
+    """Focal loss (gamma 2): down-weights easy examples."""
+    return FocalLoss(2.0, class_weight)
+
+
+class SoftF1Loss(nn.Module):
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = logits.float().softmax(1)
+        onehot = F.one_hot(y, p.shape[1]).float()
+        tp = (p * onehot).sum(0)
+        fp = (p * (1 - onehot)).sum(0)
+        fn = ((1 - p) * onehot).sum(0)
+        return 1 - (2 * tp / (2 * tp + fp + fn + 1e-7)).mean()
+
+
+@LOSSES.register("soft_f1")
+def soft_f1(class_weight: Optional[torch.Tensor] = None) -> nn.Module:
+    """1 − differentiable macro-F1 (class weights do not apply: F1 already balances classes)."""
+    return SoftF1Loss()

@@ -1,0 +1,71 @@
+"""Competition metrics: one registered function `(y, proba, threshold) -> float` each, with its direction.
+
+`proba` is N×C class probabilities. Label metrics turn them into labels by argmax, or for
+binary tasks by `proba[:, 1] >= threshold` (the threshold is fitted on OOF at ensemble time).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+from sklearn import metrics as skm
+
+from .registry import Registry
+
+METRICS = Registry("metric")
+
+
+def predict_labels(proba: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    if proba.shape[1] == 2 and threshold is not None:
+        return (proba[:, 1] >= threshold).astype(int)
+    return proba.argmax(1)
+
+
+@METRICS.register("accuracy", direction="maximize", uses_threshold=True)
+def accuracy(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Share of correct labels."""
+    return float(skm.accuracy_score(y, predict_labels(proba, threshold)))
+
+
+@METRICS.register("macro_f1", direction="maximize", uses_threshold=True)
+def macro_f1(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Unweighted mean of per-class F1 over all classes."""
+    labels = np.arange(proba.shape[1])
+    return float(skm.f1_score(y, predict_labels(proba, threshold), labels=labels, average="macro",
+                              zero_division=0))
+
+
+@METRICS.register("roc_auc", direction="maximize", uses_threshold=False)
+def roc_auc(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Area under the ROC curve (binary), or one-vs-rest macro AUC (multiclass)."""
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(skm.roc_auc_score(y, proba[:, 1]))
+    if len(np.unique(y)) < proba.shape[1]:
+        return float("nan")
+    return float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=np.arange(proba.shape[1])))
+
+
+@METRICS.register("log_loss", direction="minimize", uses_threshold=False)
+def log_loss(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Cross-entropy of the predicted probabilities."""
+    return float(skm.log_loss(y, np.clip(proba, 1e-7, 1.0), labels=np.arange(proba.shape[1])))
+
+
+def is_better(new: float, old: Optional[float], direction: str) -> bool:
+    if old is None or np.isnan(old):
+        return not np.isnan(new)
+    return new > old if direction == "maximize" else new < old
+
+
+def fit_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> Tuple[float, float]:
+    """The binary decision threshold that optimises `metric_name` on OOF, and the score there."""
+    metric = METRICS.get(metric_name)
+    candidates = np.unique(np.quantile(proba[:, 1], np.linspace(0, 1, 201)))
+    best_t, best_s = 0.5, metric(y, proba, 0.5)
+    for t in candidates:
+        s = metric(y, proba, float(t))
+        if is_better(s, best_s, metric.direction):
+            best_t, best_s = float(t), s
+    return best_t, best_s

@@ -1,0 +1,47 @@
+"""A tiny name → function registry, one per user-facing choice (timm's `register_model` habit).
+
+Each stage module owns its registry (`layouts.LAYOUTS`, `metrics.METRICS`, ...); adding a choice
+is one decorated function in that module, and the spec validator learns the name by itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List
+
+
+class Registry:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: Dict[str, Any] = {}
+        self._docs: Dict[str, str] = {}
+
+    def register(self, name: str | None = None, **meta: Any) -> Callable:
+        """Decorator: `@METRICS.register("accuracy", direction="maximize")`."""
+
+        def wrap(obj: Any) -> Any:
+            key = name or obj.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            for attr, value in meta.items():
+                setattr(obj, attr, value)
+            self._entries[key] = obj
+            self._docs[key] = ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+            return obj
+
+        return wrap
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} '{name}' (allowed: {', '.join(self.names())})")
+        return self._entries[name]
+
+    def names(self) -> List[str]:
+        return sorted(self._entries)
+
+    def describe(self, name: str) -> str:
+        return self._docs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

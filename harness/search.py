@@ -1,0 +1,329 @@
+"""The Optuna study: sample a trial config, fit every fold, report for pruning, resume after a kill.
+
+Resume rules
+- `--trials N` counts COMPLETE and PRUNED trials in the study, so running again continues it.
+- A RUNNING trial whose process on this host is gone (kill -9, power cut) is marked FAIL with
+  the reason and enqueued again with the same parameters; the retry writes into the same trial
+  directory, so its finished folds are read back from disk, not retrained. Trials left behind
+  by other machines (shared PostgreSQL storage) are retried the same way by Optuna's heartbeat.
+- A trial that raises (NaN loss, out of memory, unreadable image) fails alone, with the reason
+  stored on the trial in `fail_reason`; the search goes on.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from .folds import folds_hash, listing_hash, load_or_make_folds
+from .images import infer_channels, load_resized, probe_images
+from .layouts import Samples, load_samples
+from .metrics import METRICS
+from .paths import Run, atomic_write_text
+from .registry import Registry
+from .spec import SpecError, to_dict
+from .train import FoldResult, TrialConfig, device, fit_fold, load_fold
+
+# Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by `echo`, one line each
+
+PRUNERS = Registry("pruner")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FOLD_STEP = 10_000  # per-fold reports sit after any per-epoch step
+MAX_FAILURES_IN_A_ROW = 3
+
+
+@PRUNERS.register("none", per_epoch=False)
+def no_pruner() -> optuna.pruners.BasePruner:
+    """Never prune."""
+    return optuna.pruners.NopPruner()
+
+
+@PRUNERS.register("median", per_epoch=True)
+def median_pruner() -> optuna.pruners.BasePruner:
+    """Median rule on each epoch of the first fold and on the running CV after each fold."""
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+@PRUNERS.register("wilcoxon", per_epoch=False)
+def wilcoxon_pruner() -> optuna.pruners.BasePruner:
+    """Wilcoxon signed-rank test of fold scores against the best trial's same folds."""
+    return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+
+
+@dataclass
+class SearchData:
+    """What every trial shares: the samples, their channels and the fixed folds."""
+
+    samples: Samples
+    channels: int
+    fold: np.ndarray
+    folds_hash: str
+
+    @property
+    def test_hash(self) -> str:
+        return listing_hash(self.samples.test["path"])
+
+
+def prepare_data(run: Run) -> SearchData:
+    """Load and check the data and folds; raises SpecError before anything is trained."""
+    samples = load_samples(run.spec, run.data_root)
+    channels = run.spec.channels or infer_channels(
+        probe_images(samples.train["path"].head(200).tolist())["mode"].tolist()
+    )
+    table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed)
+    return SearchData(samples=samples, channels=channels, fold=table["fold"].to_numpy(),
+                      folds_hash=folds_hash(table))
+
+
+def open_study(run: Run, create: bool) -> optuna.Study:
+    storage = _storage(run.storage_url)
+    direction = METRICS.get(run.spec.metric).direction
+    if not create:
+        try:
+            return optuna.load_study(study_name=run.study_name, storage=storage)
+        except KeyError:
+            raise SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first") \
+                from None
+    run.paths.root.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(seed=run.spec.seed, n_startup_trials=5)
+    return optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
+                               direction=direction, sampler=sampler,
+                               pruner=PRUNERS.get(run.spec.search.pruner)())
+
+
+def run_search(run: Run, trials: int, timeout: Optional[float] = None,
+               echo: Callable[[str], None] = print) -> optuna.Study:
+    """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
+    data = prepare_data(run)
+    # Decode every image once now: a bad file is reported before any training starts.
+    for paths in (data.samples.train["path"], data.samples.test["path"]):
+        load_resized(paths.tolist(), min(run.spec.search.image_size), data.channels)
+    study = open_study(run, create=True)
+    _check_fingerprint(study, run, data)
+    for number in retry_interrupted(study):
+        echo(f"trial {number} was interrupted: it runs again with the same parameters")
+    objective = Objective(run, data)
+    streak = _FailureStreak(echo)
+    deadline = time.time() + timeout if timeout else None
+    while (remaining := trials - count_finished(study)) > 0 and not streak.tripped:
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left <= 0:
+            echo(f"timeout: {count_finished(study)} of {trials} trials finished")
+            break
+        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), streak],
+                       gc_after_trial=True)
+    if streak.tripped:
+        raise RuntimeError(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
+    return study
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def retry_interrupted(study: optuna.Study) -> List[int]:
+    """Fail RUNNING trials whose process on this host is gone, and enqueue them again."""
+    host, numbers = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t)})
+        numbers.append(t.number)
+    return numbers
+
+
+def artifact_owner(trial: FrozenTrial) -> int:
+    """The trial number whose directory holds this trial's folds (a retry reuses its original's)."""
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is not None:
+        return int(retry_of)
+    retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if retried is None else retried
+
+
+def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
+    s = run.spec.search
+    return TrialConfig(
+        backbone=trial.suggest_categorical("backbone", s.backbones),
+        image_size=trial.suggest_categorical("image_size", s.image_size),
+        augment=trial.suggest_categorical("augment", s.augment),
+        loss=trial.suggest_categorical("loss", s.loss),
+        imbalance=trial.suggest_categorical("imbalance", s.imbalance),
+        lr=trial.suggest_float("lr", min(s.lr), max(s.lr), log=True),
+        weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
+        batch_size=trial.suggest_categorical("batch_size", s.batch_size),
+        epochs=trial.suggest_categorical("epochs", s.epochs),
+        patience=s.patience, pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
+        channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
+        num_classes=len(data.samples.classes), num_workers=s.num_workers,
+    )
+
+
+class Objective:
+    """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
+
+    def __init__(self, run: Run, data: SearchData) -> None:
+        self.run, self.data = run, data
+        self.metric = METRICS.get(run.spec.metric)
+        self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        start = time.time()
+        try:
+            cfg = suggest_config(trial, self.run, self.data)
+            owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
+            trial.set_user_attr("artifacts", owner)
+            trial_dir = self.run.paths.trial_dir(owner)
+            atomic_write_text(trial_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
+            results = self._fit_folds(trial, cfg, owner)
+            oof = assemble_oof(results, len(self.data.fold))
+            cv = self.metric(self.data.samples.y, oof)
+            trial.set_user_attr("seconds", round(time.time() - start, 1))
+            return cv
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        finally:
+            _release_memory()
+
+    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
+        samples, fold = self.data.samples, self.data.fold
+        images = load_resized(samples.train["path"].tolist(), cfg.image_size, cfg.channels)
+        test_images = load_resized(samples.test["path"].tolist(), cfg.image_size, cfg.channels)
+        results: List[FoldResult] = []
+        for k in range(self.run.spec.folds):
+            out_dir = self.run.paths.fold_dir(owner, k)
+            result = load_fold(out_dir, cfg.digest())
+            if result is None:
+                on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
+                result = fit_fold(cfg, images, samples.y, np.flatnonzero(fold != k),
+                                  np.flatnonzero(fold == k), test_images, k, out_dir, on_epoch,
+                                  record={"test_hash": self.data.test_hash})
+            results.append(result)
+            trial.set_user_attr("fold_scores", [r.score for r in results])
+            trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
+            self._report_fold(trial, results)
+        return results
+
+    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, float], None]:
+        def report(epoch: int, score: float) -> None:
+            if np.isnan(score):
+                return
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} of fold 0")
+        return report
+
+    def _report_fold(self, trial: optuna.Trial, results: List[FoldResult]) -> None:
+        scores = [r.score for r in results]
+        if self.per_epoch:
+            trial.report(float(np.nanmean(scores)), FOLD_STEP + len(results) - 1)
+        else:
+            trial.report(scores[-1], len(results) - 1)
+        if len(results) < self.run.spec.folds and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {len(results) - 1}")
+
+
+def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
+    """Fold OOF arrays put back in sample order, n × C."""
+    oof = np.full((n, results[0].oof.shape[1]), np.nan, dtype=np.float32)
+    for r in results:
+        oof[r.val_index] = r.oof
+    return oof
+
+
+def _fingerprint(run: Run, data: SearchData) -> dict:
+    spec = to_dict(run.spec)
+    keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "search")
+    return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.classes}
+
+
+def _check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:
+    """A study keeps one search space, data and fold split; a change needs a new run directory."""
+    now = json.loads(json.dumps(_fingerprint(run, data), default=str))
+    before = study.user_attrs.get("fingerprint")
+    if before is None:
+        study.set_user_attr("fingerprint", now)
+        return
+    for key in now:
+        if key == "search":
+            changed = [k for k in now[key] if before[key].get(k) != now[key][k]]
+            if changed:
+                k = changed[0]
+                raise SpecError(f"search.{k} is {now[key][k]} but this study was started with "
+                                f"{before[key].get(k)}: use another --run-dir (or the same --set)")
+        elif before.get(key) != now[key]:
+            raise SpecError(f"{key} is {now[key]} but this study was started with {before.get(key)}: "
+                            "use another --run-dir")
+
+
+class _FailureStreak:
+    """Stops the study after a run of failed trials: the fault is then not the trial's."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.count, self.reason, self.echo = 0, "", echo
+
+    @property
+    def tripped(self) -> bool:
+        return self.count >= MAX_FAILURES_IN_A_ROW
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            self.count += 1
+            self.reason = trial.user_attrs.get("fail_reason", "unknown")
+            self.echo(f"trial {trial.number} failed: {self.reason}")
+            if self.tripped:
+                study.stop()
+        else:
+            self.count = 0
+            value = "pruned" if trial.state == TrialState.PRUNED else f"CV {trial.value:.4f}"
+            self.echo(f"trial {trial.number} {trial.state.name.lower()}: {value} {trial.params}")
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage | str:
+    if not url.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        return url
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=300,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+def _process_alive(pid: Optional[int]) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if device().type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

@@ -1,0 +1,267 @@
+"""competition.yaml → a validated `Competition`, in one place.
+
+Every key is a dataclass field; unknown keys, wrong types and values outside a registry are
+refused with one line that names the key and what is allowed, before anything is trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import yaml
+
+SPEC_FILE = "competition.yaml"
+
+
+class SpecError(ValueError):
+    """A competition spec or its data is wrong; the message is one line naming what and where."""
+
+
+def _choices(registry_path: str) -> Dict[str, Any]:
+    return {"choices": registry_path}
+
+
+@dataclass
+class DataSection:
+    layout: str = field(metadata=_choices("harness.layouts:LAYOUTS"))
+    images: str = "."  # folder of images, relative to the data root
+    csv: Optional[str] = None  # csv layout: listing, relative to the data root
+    image_column: str = "path"
+    target: Optional[str] = None  # csv layout: target column
+    classes: Optional[Dict[str, Any]] = None  # class_folders: folder name → label (others ignored)
+    groups: List[str] = field(default_factory=list)  # columns whose combination is one group
+    extensions: List[str] = field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".webp"]
+    )
+
+
+@dataclass
+class Submission:
+    file: str = "submission.csv"
+    id_column: str = "id"
+    id_from: str = field(default="path", metadata={"choices": ["path", "name", "stem"]})
+    target_column: str = "label"
+    value: str = field(default="label", metadata={"choices": ["label", "probability"]})
+    sample: Optional[str] = None  # sample submission, relative to the data root
+
+
+@dataclass
+class SearchSpace:
+    backbones: List[str] = field(default_factory=lambda: ["resnet18", "efficientnet_b0"])
+    image_size: List[int] = field(default_factory=lambda: [224])
+    augment: List[str] = field(
+        default_factory=lambda: ["light", "medium"], metadata=_choices("harness.augment:AUGMENTS")
+    )
+    loss: List[str] = field(
+        default_factory=lambda: ["ce", "label_smoothing", "focal"],
+        metadata=_choices("harness.losses:LOSSES"),
+    )
+    imbalance: List[str] = field(
+        default_factory=lambda: ["none", "class_weights", "oversample"],
+        metadata={"choices": ["none", "class_weights", "oversample"]},
+    )
+    lr: List[float] = field(default_factory=lambda: [1e-4, 3e-3])  # [low, high], log scale
+    weight_decay: List[float] = field(default_factory=lambda: [1e-6, 1e-2])  # [low, high], log
+    batch_size: List[int] = field(default_factory=lambda: [32])
+    epochs: List[int] = field(default_factory=lambda: [15])
+    patience: int = 4  # early stopping, in epochs without a better validation metric
+    pretrained: Union[bool, str] = True  # true: timm hub / offline cache; a path: local weights
+    pruner: str = field(default="median", metadata=_choices("harness.search:PRUNERS"))
+    tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
+    num_workers: int = 0
+
+
+@dataclass
+class Competition:
+    name: str
+    task: str = field(metadata={"choices": ["binary", "multiclass"]})
+    train: DataSection
+    test: DataSection
+    metric: str = field(metadata=_choices("harness.metrics:METRICS"))
+    submission: Submission = field(default_factory=Submission)
+    search: SearchSpace = field(default_factory=SearchSpace)
+    folds: int = 5
+    seed: int = 42
+    channels: Optional[int] = field(default=None, metadata={"choices": [1, 3]})
+    orientation: str = field(default="hflip", metadata={"choices": ["fixed", "hflip", "free"]})
+    positive: Optional[str] = None  # binary: the positive class label (default: the last one)
+    data_root: Optional[str] = None  # relative to the competition folder
+    prepare: Optional[str] = field(default=None, metadata=_choices("harness.layouts:PREPARERS"))
+    description: str = ""
+    folder: Path = field(default=Path("."), metadata={"internal": True})
+
+    def resolve_data_root(self, override: Optional[str], run_dir: Path) -> Path:
+        """--data-root, else $HARNESS_DATA, else the spec's data_root, else <run-dir>/data."""
+        if override:
+            return Path(override).expanduser().resolve()
+        if os.environ.get("HARNESS_DATA"):
+            return Path(os.environ["HARNESS_DATA"]).expanduser().resolve()
+        if self.data_root:
+            return (self.folder / self.data_root).resolve()
+        if self.prepare:
+            return (run_dir / "data").resolve()
+        raise SpecError(f"{self.folder / SPEC_FILE}: no data_root: set it, pass --data-root or HARNESS_DATA")
+
+
+def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:
+    """Read `<folder>/competition.yaml`, apply `--set key=value` overrides, validate."""
+    folder = Path(folder)
+    path = folder / SPEC_FILE if folder.is_dir() else folder
+    if not path.is_file():
+        raise SpecError(f"{path}: no such competition spec")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    raw.pop("folder", None)
+    try:
+        spec = _build(Competition, raw, "")
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+    spec.folder = path.parent.resolve()
+    _check_consistency(spec, path)
+    return spec
+
+
+def apply_override(raw: Dict[str, Any], item: str) -> None:
+    """`search.image_size=[32]` → raw['search']['image_size'] = [32] (value parsed as YAML)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {item!r}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def to_dict(spec: Competition) -> Dict[str, Any]:
+    out = dataclasses.asdict(spec)
+    out.pop("folder")
+    return out
+
+
+# ---------------------------------------------------------------- generic validation
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where or 'spec'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise SpecError(
+            f"unknown key '{_join(where, unknown[0])}' (allowed: {', '.join(fields)})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(f"missing key '{key}'")
+            continue
+        kwargs[name] = _convert(hints[name], raw[name], key, f.metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str, choices: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, key, choices)
+            except SpecError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (list, List):
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise SpecError(f"'{key}': needs at least one value")
+        return [_convert(args[0], v, key, choices) for v in items]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise SpecError(f"'{key}': expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    out = _scalar(hint, value, key)
+    _check_choice(out, key, choices)
+    return out
+
+
+def _scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif hint is Path:
+        return Path(value)
+    raise SpecError(f"'{key}': expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check_choice(value: Any, key: str, choices: Any) -> None:
+    if choices is None or value is None:
+        return
+    if isinstance(choices, str):
+        module, attr = choices.split(":")
+        registry = getattr(__import__(module, fromlist=[attr]), attr)
+        allowed = registry.names()
+    else:
+        allowed = list(choices)
+    if value not in allowed:
+        raise SpecError(f"'{key}': unknown value {value!r} (allowed: {', '.join(map(str, allowed))})")
+
+
+def _check_consistency(spec: Competition, path: Path) -> None:
+    """Rules that span several keys."""
+    s = spec.search
+    if spec.folds < 2:
+        raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}")
+    for key in ("lr", "weight_decay"):
+        values = getattr(s, key)
+        if len(values) > 2 or min(values) <= 0:
+            raise SpecError(f"{path}: 'search.{key}': expected [low, high] > 0, got {values}")
+    for key in ("image_size", "batch_size", "epochs"):
+        if min(getattr(s, key)) < 1:
+            raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
+    if spec.submission.value == "probability" and spec.task != "binary":
+        raise SpecError(f"{path}: 'submission.value': probability needs task binary, got {spec.task}")
+    if spec.test.target is not None:
+        raise SpecError(f"{path}: 'test.target': the test set has no target")
+    _check_backbones(s.backbones, path)
+
+
+def _check_backbones(names: List[str], path: Path) -> None:
+    import timm
+
+    for name in names:
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            hint = f" (did you mean: {', '.join(close)})" if close else ""
+            raise SpecError(f"{path}: 'search.backbones': unknown timm model {name!r}{hint}")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

@@ -1,0 +1,112 @@
+"""Finished trials → ensemble → test predictions → a checked submission file in the declared format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import pandas as pd
+from optuna.trial import TrialState
+
+from .ensemble import Ensemble, TrialPredictions, build_ensemble
+from .images import load_resized
+from .metrics import predict_labels
+from .paths import Run, atomic_write_text
+from .search import SearchData, assemble_oof, open_study, prepare_data
+from .spec import Competition, SpecError
+from .train import TrialConfig, load_fold, predict_from_checkpoint, read_done
+
+
+def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
+    """Write `<run-dir>/<submission.file>` and `ensemble.json`; returns the submission's path."""
+    data = prepare_data(run)
+    study = open_study(run, create=False)
+    preds = load_trial_predictions(run, study, data)
+    if not preds:
+        raise SpecError(f"study {run.study_name!r} has no finished trial yet: run `harness search` first")
+    ens = build_ensemble(preds, data.samples.y, run.spec.metric)
+    test = ens.blend({p.number: p.test for p in preds})
+    frame = submission_frame(run.spec, data.samples.classes, data.samples.test["id"], test, ens.threshold)
+    frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
+    out = run.paths.submission(run.spec.submission.file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
+    out.with_name(out.name + ".tmp").replace(out)
+    atomic_write_text(run.paths.ensemble_json, json.dumps(_ensemble_record(ens, run), indent=1))
+    metric = run.spec.metric
+    echo(f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}"
+         + (f" at threshold {ens.threshold:.3f}" if ens.threshold is not None else ""))
+    echo(f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}")
+    echo(f"wrote {out} ({len(frame)} rows)")
+    return out
+
+
+def load_trial_predictions(run: Run, study, data: SearchData) -> List[TrialPredictions]:
+    """OOF and fold-averaged test predictions of every COMPLETE trial, read from the run directory."""
+    preds = []
+    n_train = len(data.samples.train)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        owner = t.user_attrs.get("artifacts", t.number)
+        folds = [load_fold(run.paths.fold_dir(owner, k)) for k in range(run.spec.folds)]
+        if any(f is None for f in folds):
+            continue  # its files were removed by hand: skip rather than guess
+        tests = [_test_predictions(run, data, owner, f.fold, f.test) for f in folds]
+        preds.append(TrialPredictions(number=t.number, cv=t.value, oof=assemble_oof(folds, n_train),
+                                      test=np.mean(tests, axis=0)))
+    return preds
+
+
+def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored: np.ndarray) -> np.ndarray:
+    """The fold's stored test predictions, or fresh ones from its checkpoint if the test set changed."""
+    out_dir = run.paths.fold_dir(owner, fold)
+    if read_done(out_dir).get("test_hash") == data.test_hash:
+        return stored
+    cfg = TrialConfig(**json.loads((run.paths.trial_dir(owner) / "config.json").read_text()))
+    images = load_resized(data.samples.test["path"].tolist(), cfg.image_size, cfg.channels)
+    return predict_from_checkpoint(cfg, out_dir, images)
+
+
+def submission_frame(spec: Competition, classes: List[str], ids: pd.Series, proba: np.ndarray,
+                     threshold) -> pd.DataFrame:
+    sub = spec.submission
+    if sub.value == "probability":
+        values = proba[:, 1]
+    else:
+        values = np.asarray(classes, dtype=object)[predict_labels(proba, threshold)]
+    return pd.DataFrame({sub.id_column: ids.to_numpy(), sub.target_column: values})
+
+
+def check_submission(frame: pd.DataFrame, spec: Competition, data_root: Path, n_test: int) -> pd.DataFrame:
+    """Ids, columns and row count against the sample submission (reordered to it) or the test listing."""
+    sub = spec.submission
+    if frame[sub.target_column].isna().any():
+        raise SpecError("submission has empty predictions")
+    if sub.sample:
+        sample_path = data_root / sub.sample
+        if not sample_path.is_file():
+            raise SpecError(f"submission.sample: {sample_path} does not exist")
+        sample = pd.read_csv(sample_path, dtype=str)
+        if list(sample.columns) != list(frame.columns):
+            raise SpecError(f"{sample_path.name}: columns {list(sample.columns)} but the spec writes "
+                            f"{list(frame.columns)}")
+        ours, theirs = set(frame[sub.id_column]), set(sample[sub.id_column])
+        if ours != theirs:
+            missing = sorted(theirs - ours)[:3]
+            extra = sorted(ours - theirs)[:3]
+            raise SpecError(f"{sample_path.name}: ids differ from the test images "
+                            f"(missing {missing}, not in sample {extra})")
+        frame = frame.set_index(sub.id_column).loc[sample[sub.id_column]].reset_index()
+    elif len(frame) != n_test or frame[sub.id_column].duplicated().any():
+        raise SpecError(f"submission has {len(frame)} rows / duplicate ids for {n_test} test images")
+    return frame
+
+
+def _ensemble_record(ens: Ensemble, run: Run) -> dict:
+    return {"metric": run.spec.metric, "weights": {str(k): v for k, v in ens.weights.items()},
+            "oof_score": ens.score, "threshold": ens.threshold, "best_single_trial": ens.best_single,
+            "best_single_score": ens.best_single_score, "greedy_history": ens.history}
+
+
+def _weights_text(ens: Ensemble) -> str:
+    return "(" + ", ".join(f"#{n}×{w:.2f}" for n, w in sorted(ens.weights.items())) + ")"

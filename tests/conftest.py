@@ -1,0 +1,121 @@
+"""Tiny synthetic competitions, built in a temp dir, in each layout the harness reads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from harness.cli import main
+
+TINY_SEARCH = {
+    "backbones": ["resnet10t"], "image_size": [16], "augment": ["none", "light"], "loss": ["ce"],
+    "imbalance": ["none"], "lr": [1e-3, 3e-3], "weight_decay": [1e-5], "batch_size": [8],
+    "epochs": [1], "patience": 1, "pretrained": False, "pruner": "none",
+}
+
+
+def draw(label: int, rng: np.random.Generator, size: int = 20, rgb: bool = False) -> Image.Image:
+    """A noisy image whose class is a bright block in a class-specific corner."""
+    img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+    half = size // 2
+    r, c = divmod(label % 4, 2)
+    img[r * half:(r + 1) * half, c * half:(c + 1) * half] += 150
+    im = Image.fromarray(img)
+    return im.convert("RGB") if rgb else im
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "competition.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def class_folder_competition(tmp_path: Path):
+    """Builder: class folders `cat/`, `dog/`, (`fox/`) + a test folder; returns the competition folder."""
+
+    def build(classes: List[str] = ("cat", "dog"), per_class: int = 12, n_test: int = 10,
+              extra: Optional[Dict] = None, search: Optional[Dict] = None) -> Path:
+        rng = np.random.default_rng(0)
+        data = tmp_path / "data"
+        for k, name in enumerate(classes):
+            (data / "train" / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                draw(k, rng).save(data / "train" / name / f"{name} {i:02d}.png")
+        (data / "test").mkdir(parents=True, exist_ok=True)
+        for i in range(n_test):
+            draw(i % len(classes), rng).save(data / "test" / f"img_{i:03d}.png")
+        spec = {
+            "name": "tiny-folders", "task": "binary" if len(classes) == 2 else "multiclass",
+            "data_root": "../data",
+            "train": {"layout": "class_folders", "images": "train"},
+            "test": {"layout": "folder", "images": "test"},
+            "metric": "accuracy", "folds": 2, "seed": 0, "channels": 1, "orientation": "hflip",
+            "submission": {"file": "submission.csv", "id_column": "image", "id_from": "name",
+                           "target_column": "animal"},
+            "search": {**TINY_SEARCH, **(search or {})},
+            **(extra or {}),
+        }
+        return write_spec(tmp_path / "competition", spec)
+
+    return build
+
+
+@pytest.fixture
+def csv_competition(tmp_path: Path):
+    """Builder: train.csv (path, target, group columns) + test.csv + sample submission."""
+
+    def build(n_groups: int = 8, per_group: int = 4, classes: int = 3, n_test: int = 9,
+              extra: Optional[Dict] = None) -> Path:
+        rng = np.random.default_rng(1)
+        data = tmp_path / "csvdata"
+        (data / "images" / "sub").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for g in range(n_groups):
+            for i in range(per_group):
+                label = (g + i) % classes
+                rel = f"sub/g{g}_{i}.png"
+                draw(label, rng, rgb=True).save(data / "images" / rel)
+                rows.append({"file": rel, "phase": f"phase{label}", "batch": f"b{g}", "temp": "900"})
+        pd.DataFrame(rows).to_csv(data / "train.csv", index=False)
+        (data / "test_images").mkdir(exist_ok=True)
+        test_files = [f"t{i}.png" for i in range(n_test)]
+        for i, name in enumerate(test_files):
+            draw(i % classes, rng, rgb=True).save(data / "test_images" / name)
+        pd.DataFrame({"file": test_files}).to_csv(data / "test.csv", index=False)
+        # The sample lists ids in its own order: the submission must follow it.
+        pd.DataFrame({"file": test_files[::-1], "phase": "phase0"}).to_csv(
+            data / "sample_submission.csv", index=False)
+        spec = {
+            "name": "tiny-csv", "task": "multiclass", "data_root": "../csvdata",
+            "train": {"layout": "csv", "csv": "train.csv", "images": "images", "image_column": "file",
+                      "target": "phase", "groups": ["batch", "temp"]},
+            "test": {"layout": "csv", "csv": "test.csv", "images": "test_images", "image_column": "file"},
+            "metric": "macro_f1", "folds": 2, "seed": 0, "orientation": "free",
+            "submission": {"file": "preds.csv", "id_column": "file", "id_from": "path",
+                           "target_column": "phase", "sample": "sample_submission.csv"},
+            "search": dict(TINY_SEARCH),
+            **(extra or {}),
+        }
+        return write_spec(tmp_path / "csvcomp", spec)
+
+    return build
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Run `harness ARGS` in-process; returns the click Result (exit code and output)."""
+
+    def invoke(*args: str, ok: bool = True):
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke

@@ -1,0 +1,45 @@
+"""Folds are fixed for a run, stratified, and keep a group in one fold."""
+import pandas as pd
+import pytest
+
+from harness import SpecError, open_run
+from harness.search import prepare_data
+
+
+def test_folds_are_deterministic_and_saved(class_folder_competition, tmp_path):
+    comp = class_folder_competition(per_class=10)
+    first = prepare_data(open_run(comp, run_dir=str(tmp_path / "a")))
+    second = prepare_data(open_run(comp, run_dir=str(tmp_path / "b")))
+    assert (first.fold == second.fold).all()
+    assert first.folds_hash == second.folds_hash
+    saved = pd.read_csv(tmp_path / "a" / "folds.csv")
+    assert saved["fold"].tolist() == first.fold.tolist()
+    # stratified: each fold holds half of each class
+    counts = saved.groupby(["fold", "label"]).size()
+    assert set(counts) == {5}
+
+
+def test_groups_never_split_across_folds(csv_competition, tmp_path):
+    data = prepare_data(open_run(csv_competition(n_groups=9), run_dir=str(tmp_path / "r"), overrides=["folds=3"]))
+    table = data.samples.train.assign(fold=data.fold)
+    assert table.groupby("group")["fold"].nunique().max() == 1
+    assert sorted(table["fold"].unique()) == [0, 1, 2]
+
+
+def test_saved_folds_are_reused_and_checked(class_folder_competition, tmp_path):
+    comp = class_folder_competition()
+    run_dir = str(tmp_path / "r")
+    folds_csv = tmp_path / "r" / "folds.csv"
+    prepare_data(open_run(comp, run_dir=run_dir))
+    table = pd.read_csv(folds_csv)
+    table["fold"] = 1 - table["fold"]  # a user's hand-made split is kept as is
+    table.to_csv(folds_csv, index=False)
+    again = prepare_data(open_run(comp, run_dir=run_dir))
+    assert again.fold.tolist() == table["fold"].tolist()
+    with pytest.raises(SpecError, match="has 2 folds, the spec asks 3; use a new --run-dir"):
+        prepare_data(open_run(comp, run_dir=run_dir, overrides=["folds=3"]))
+
+
+def test_too_few_groups_for_the_folds(csv_competition, tmp_path):
+    with pytest.raises(SpecError, match="5 folds need at least 5 groups, found 3"):
+        prepare_data(open_run(csv_competition(n_groups=3), run_dir=str(tmp_path / "r"), overrides=["folds=5"]))

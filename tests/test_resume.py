@@ -1,0 +1,53 @@
+"""kill -9 a search mid-trial, run the same command again: same params, finished folds reused."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+
+def test_kill_9_mid_trial_then_resume(class_folder_competition, cli, tmp_path):
+    # 3 folds of a few epochs, so the kill lands after fold 0 and before the trial ends.
+    comp = class_folder_competition(per_class=24, search={"epochs": [3], "image_size": [32]},
+                                    extra={"folds": 3})
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "harness", "search", str(comp), "--run-dir", str(run_dir), "--trials", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fold0 = run_dir / "trials" / "t0000" / "fold0" / "done.json"
+    deadline = time.time() + 240
+    while not fold0.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "fold 0 never finished"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    trial0 = run_dir / "trials" / "t0000"
+    finished = sorted(trial0.glob("fold*/done.json"))
+    assert len(finished) < 3, "the kill came too late to test anything"
+    stamps = {p: p.stat().st_mtime_ns for f in finished for p in f.parent.iterdir()}
+    storage = f"sqlite:///{run_dir}/study.db"
+    killed = optuna.load_study(study_name="tiny-folders", storage=storage).trials[0]
+    assert killed.state == TrialState.RUNNING
+
+    out = cli("search", comp, "--run-dir", run_dir, "--trials", "2").output
+    assert "trial 0 was interrupted" in out
+
+    study = optuna.load_study(study_name="tiny-folders", storage=storage)
+    trials = study.trials
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"].startswith("interrupted")
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    retry = trials[1]
+    assert retry.params == killed.params
+    assert retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["reused_folds"] == [int(f.parent.name[4:]) for f in finished]
+    assert len(retry.user_attrs["fold_scores"]) == 3
+    for path, stamp in stamps.items():
+        assert path.stat().st_mtime_ns == stamp, f"{path} was rewritten"
+    # the retry's folds live with the original's, and submit finds them
+    assert len(list(trial0.glob("fold*/done.json"))) == 3
+    assert "ensemble of" in cli("submit", comp, "--run-dir", run_dir).output

@@ -1,0 +1,140 @@
+"""End to end as a user runs it: search → status → submit, continuing, failures, changed inputs."""
+import importlib
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from harness import open_run, search
+from harness.search import open_study
+
+search_module = importlib.import_module("harness.search")  # `harness.search` is the function
+
+
+def states(run_dir, name):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/study.db")
+    return [t.state for t in study.trials], study
+
+
+def test_search_status_submit_on_class_folders(class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition()
+    run_dir = tmp_path / "run"
+    out = cli("search", comp, "--run-dir", run_dir, "--trials", "2").output
+    assert "2 finished trials" in out
+    got, study = states(run_dir, "tiny-folders")
+    assert got == [TrialState.COMPLETE] * 2
+    for t in study.trials:
+        assert len(t.user_attrs["fold_scores"]) == 2
+        for k in range(2):
+            fold = run_dir / "trials" / f"t{t.number:04d}" / f"fold{k}"
+            assert {"done.json", "oof.npy", "test.npy", "model.pt", "history.csv"} <= {p.name for p in fold.iterdir()}
+            assert np.load(fold / "test.npy").shape == (10, 2)
+
+    board = cli("status", comp, "--run-dir", run_dir).output
+    assert board.count("complete") == 2 and "folds" in board and "resnet10t" in board
+
+    out = cli("submit", comp, "--run-dir", run_dir).output
+    assert "OOF accuracy" in out and "best single trial" in out
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert list(sub.columns) == ["image", "animal"]
+    assert sorted(sub["image"]) == [f"img_{i:03d}.png" for i in range(10)]
+    assert set(sub["animal"]) <= {"cat", "dog"}
+    record = json.loads((run_dir / "ensemble.json").read_text())
+    assert abs(sum(record["weights"].values()) - 1) < 1e-6
+    assert record["threshold"] is not None  # binary accuracy: threshold fitted on OOF
+
+
+def test_trials_means_total_so_running_again_continues(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    first = run_dir / "trials" / "t0000" / "fold0" / "done.json"
+    stamp = first.stat().st_mtime_ns
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")  # already there: trains nothing
+    assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE]
+    cli("search", comp, "--run-dir", run_dir, "--trials", "3")
+    assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE] * 3
+    assert first.stat().st_mtime_ns == stamp
+
+
+def test_csv_layout_submission_follows_the_sample(csv_competition, cli, tmp_path):
+    comp, run_dir = csv_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    cli("submit", comp, "--run-dir", run_dir)
+    sub = pd.read_csv(run_dir / "preds.csv")
+    sample = pd.read_csv(comp.parent / "csvdata" / "sample_submission.csv")
+    assert list(sub.columns) == ["file", "phase"]
+    assert sub["file"].tolist() == sample["file"].tolist()
+    assert set(sub["phase"]) <= {"phase0", "phase1", "phase2"}
+
+
+def test_submission_ids_must_match_the_sample(csv_competition, cli, tmp_path):
+    comp, run_dir = csv_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    sample_path = comp.parent / "csvdata" / "sample_submission.csv"
+    sample = pd.read_csv(sample_path)
+    sample.loc[0, "file"] = "t99.png"
+    sample.to_csv(sample_path, index=False)
+    result = cli("submit", comp, "--run-dir", run_dir, ok=False)
+    assert "ids differ from the test images (missing ['t99.png']" in result.output
+    assert not (run_dir / "preds.csv").exists()
+
+
+def test_a_failing_trial_fails_alone_with_its_reason(class_folder_competition, tmp_path, monkeypatch, cli):
+    real_fit, calls = search_module.fit_fold, []
+
+    def fit_or_run_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "fit_fold", fit_or_run_out_of_memory)
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    study = search(open_run(comp, run_dir=str(run_dir)), trials=2, echo=lambda s: None)
+    got = [t.state for t in study.trials]
+    assert got == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert "OutOfMemoryError" in cli("status", comp, "--run-dir", run_dir).output
+
+
+def test_search_stops_when_every_trial_fails(class_folder_competition, tmp_path, monkeypatch, cli):
+    def always_nan(*args, **kwargs):
+        raise FloatingPointError("loss is nan at epoch 1")
+
+    monkeypatch.setattr(search_module, "fit_fold", always_nan)
+    result = cli("search", class_folder_competition(), "--run-dir", tmp_path / "r", "--trials", "5", ok=False)
+    assert "3 trials failed in a row, stopping; last: FloatingPointError: loss is nan" in result.output
+
+
+def test_a_changed_search_space_needs_a_new_run_dir(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    result = cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.lr=[0.01, 0.1]", ok=False)
+    assert "search.lr is [0.01, 0.1] but this study was started with" in result.output
+
+
+def test_submit_repredicts_when_the_test_set_changed(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    (comp.parent / "data" / "test" / "img_000.png").rename(comp.parent / "data" / "test" / "late.png")
+    cli("submit", comp, "--run-dir", run_dir)
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert "late.png" in set(sub["image"]) and len(sub) == 10
+
+
+def test_submit_before_search_says_what_to_do(class_folder_competition, cli, tmp_path):
+    result = cli("submit", class_folder_competition(), "--run-dir", tmp_path / "r", ok=False)
+    assert "run `harness search` first" in result.output
+
+
+def test_storage_url_is_remembered(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--storage", url)
+    assert (tmp_path / "elsewhere.db").is_file() and not (run_dir / "study.db").exists()
+    assert "complete" in cli("status", comp, "--run-dir", run_dir).output
+    assert len(open_study(open_run(comp, run_dir=str(run_dir)), create=False).trials) == 1

@@ -1,0 +1,112 @@
+"""A competitor's mistakes in competition.yaml or the data get one line naming what is wrong."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness import SpecError, load_competition, open_run
+
+
+def edit(folder: Path, **changes) -> None:
+    spec = yaml.safe_load((folder / "competition.yaml").read_text())
+    for dotted, value in changes.items():
+        node = spec
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (folder / "competition.yaml").write_text(yaml.safe_dump(spec))
+
+
+def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
+    comp = class_folder_competition()
+    edit(comp, search__epoch=[3])
+    with pytest.raises(SpecError, match=r"unknown key 'search.epoch' \(allowed: backbones, .*epochs"):
+        load_competition(comp)
+
+
+def test_bad_value_names_allowed_values(class_folder_competition):
+    comp = class_folder_competition()
+    edit(comp, metric="f1")
+    with pytest.raises(SpecError, match=r"'metric': unknown value 'f1' \(allowed: accuracy, log_loss, macro_f1, roc_auc\)"):
+        load_competition(comp)
+
+
+def test_bad_type_and_bad_list_value(class_folder_competition):
+    comp = class_folder_competition()
+    with pytest.raises(SpecError, match=r"'folds': expected int, got 'five'"):
+        load_competition(comp, ["folds=five"])
+    with pytest.raises(SpecError, match=r"'search.loss': unknown value 'hinge'"):
+        load_competition(comp, ["search.loss=[ce, hinge]"])
+
+
+def test_unknown_backbone_is_refused_with_suggestions(class_folder_competition):
+    comp = class_folder_competition()
+    with pytest.raises(SpecError, match=r"unknown timm model 'resnet_tiny'.*did you mean"):
+        load_competition(comp, ["search.backbones=[resnet_tiny]"])
+
+
+def test_overrides_set_any_field_by_dotted_path(class_folder_competition):
+    spec = load_competition(class_folder_competition(),
+                            ["folds=3", "search.epochs=2", "search.image_size=[24, 32]"])
+    assert spec.folds == 3
+    assert spec.search.epochs == [2]
+    assert spec.search.image_size == [24, 32]
+
+
+def test_missing_csv_image_names_file_and_line(csv_competition, cli):
+    comp = csv_competition()
+    table = pd.read_csv(comp.parent / "csvdata" / "train.csv")
+    table.loc[4, "file"] = "sub/missing.png"
+    table.to_csv(comp.parent / "csvdata" / "train.csv", index=False)
+    result = cli("validate", comp, ok=False)
+    assert result.exit_code != 0
+    assert "train.csv line 6: image 'sub/missing.png' not found" in result.output
+
+
+def test_csv_path_escaping_the_image_folder_is_refused(csv_competition, cli):
+    comp = csv_competition()
+    table = pd.read_csv(comp.parent / "csvdata" / "train.csv")
+    table.loc[0, "file"] = "../train.csv"
+    table.to_csv(comp.parent / "csvdata" / "train.csv", index=False)
+    result = cli("validate", comp, ok=False)
+    assert "train.csv line 2: image '../train.csv' is outside" in result.output
+
+
+def test_missing_target_column_lists_columns(csv_competition, cli):
+    comp = csv_competition()
+    result = cli("validate", comp, "--set", "train.target=phaze", ok=False)
+    assert "train.csv: no column 'phaze' (columns: file, phase, batch, temp)" in result.output
+
+
+def test_corrupt_image_is_named_before_training(class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition()
+    bad = comp.parent / "data" / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    result = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1", ok=False)
+    assert result.exit_code != 0
+    assert "broken.png" in result.output
+    assert not (tmp_path / "run" / "trials").exists()
+
+
+def test_validate_prints_the_samples_summary(csv_competition, cli):
+    result = cli("validate", csv_competition())
+    assert "train: 32 images, 3 classes; test: 9 images" in result.output
+    assert "groups: 8" in result.output
+    assert "channels used: 3" in result.output
+
+
+def test_data_root_precedence(class_folder_competition, tmp_path, monkeypatch):
+    comp = class_folder_competition()
+    monkeypatch.delenv("HARNESS_DATA", raising=False)
+    assert open_run(comp).data_root == (comp.parent / "data").resolve()
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "env"))
+    assert open_run(comp).data_root == (tmp_path / "env").resolve()
+    assert open_run(comp, data_root=str(tmp_path / "cli")).data_root == (tmp_path / "cli").resolve()
+
+
+def test_list_reads_the_registries(cli):
+    assert "soft_f1" in cli("list", "losses").output
+    assert "roc_auc" in cli("list", "metrics").output
+    assert "class_folders" in cli("list", "layouts").output
