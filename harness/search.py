@@ -53,7 +53,7 @@ def no_pruner() -> optuna.pruners.BasePruner:
 @PRUNERS.register("median", per_epoch=True)
 def median_pruner() -> optuna.pruners.BasePruner:
     """Median rule on each epoch of the first fold and on the running CV after each fold."""
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
 
 
 @PRUNERS.register("wilcoxon", per_epoch=False)

@@ -24,7 +24,8 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     study = open_study(run, create=False)
     preds = load_trial_predictions(run, study, data)
     if not preds:
-        raise SpecError(f"study {run.study_name!r} has no finished trial yet: run `harness search` first")
+        raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
+                        "(pruned and failed trials are left out): run `harness search` first")
     ens = build_ensemble(preds, data.samples.y, run.spec.metric)
     test = ens.blend({p.number: p.test for p in preds})
     frame = submission_frame(run.spec, data.samples.classes, data.samples.test["id"], test, ens.threshold)

@@ -138,3 +138,21 @@ def test_storage_url_is_remembered(class_folder_competition, cli, tmp_path):
     assert (tmp_path / "elsewhere.db").is_file() and not (run_dir / "study.db").exists()
     assert "complete" in cli("status", comp, "--run-dir", run_dir).output
     assert len(open_study(open_run(comp, run_dir=str(run_dir)), create=False).trials) == 1
+
+
+@search_module.PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
+def prune_after_first_fold():
+    """Prunes every trial at its first report (every score is above -1)."""
+    return optuna.pruners.ThresholdPruner(upper=-1.0)
+
+
+def test_pruned_trials_count_as_finished_and_keep_their_folds(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.pruner=test_prune_after_first_fold")
+    got, study = states(run_dir, "tiny-folders")
+    assert got == [TrialState.PRUNED, TrialState.PRUNED]
+    for t in study.trials:
+        assert len(t.user_attrs["fold_scores"]) == 1
+        assert (run_dir / "trials" / f"t{t.number:04d}" / "fold0" / "done.json").is_file()
+        assert not (run_dir / "trials" / f"t{t.number:04d}" / "fold1").exists()
+    assert "no complete trial to ensemble yet" in cli("submit", comp, "--run-dir", run_dir, ok=False).output
