@@ -15,7 +15,7 @@ REGISTRIES = {
     "layouts": "harness.layouts:LAYOUTS", "metrics": "harness.metrics:METRICS",
     "losses": "harness.losses:LOSSES", "augmentations": "harness.augment:AUGMENTS",
     "pruners": "harness.search:PRUNERS", "models": "harness.models:MODEL_FAMILIES",
-    "preparers": "harness.layouts:PREPARERS",
+    "preparers": "harness.layouts:PREPARERS", "imbalance": "harness.sampling:IMBALANCE",
 }
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .metrics import METRICS, fit_threshold, is_better
+from .metrics import METRICS, fit_threshold, is_better, youden_cutoff
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Ensemble:
     score: float  # ensemble OOF score, after post-processing
     best_single: int
     best_single_score: float
-    threshold: Optional[float] = None
+    threshold: Optional[float] = None  # binary: where labels are cut (fitted or Youden)
+    threshold_rule: str = "argmax"
     history: List[float] = field(default_factory=list)
 
     def blend(self, by_trial: Dict[int, np.ndarray]) -> np.ndarray:
@@ -59,14 +60,17 @@ def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, metric_name: st
         history.append(best)
     size = sum(counts.values())
     oof = (total / size).astype(np.float32)
-    threshold, score = None, metric(y, oof)
+    threshold, rule, score = None, "argmax", metric(y, oof)
     binary_label_metric = oof.shape[1] == 2 and metric.uses_threshold
     if binary_label_metric:
         threshold, score = fit_threshold(metric_name, y, oof)
+        rule = f"best OOF {metric_name}"
+    elif oof.shape[1] == 2 and len(np.unique(y)) == 2:
+        threshold, rule = youden_cutoff(y, oof[:, 1])[0], "Youden index on OOF"
     single = ranked[0]
     single_score = metric(y, single.oof)
     if binary_label_metric:
         single_score = fit_threshold(metric_name, y, single.oof)[1]
     return Ensemble(weights={n: c / size for n, c in counts.items()}, oof=oof, score=score,
                     best_single=single.number, best_single_score=single_score,
-                    threshold=threshold, history=history)
+                    threshold=threshold, threshold_rule=rule, history=history)

@@ -17,10 +17,12 @@ from PIL import Image, ImageOps
 from .spec import SpecError
 
 
-def read_image(path: str, channels: int) -> np.ndarray:
-    """One image as uint8 HxWxC with C = `channels`."""
+def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
+    """One image as uint8 HxWxC with C = `channels`; JPEGs decode at reduced scale >= `at_least` px."""
     try:
         with Image.open(path) as im:
+            if at_least and im.format == "JPEG":
+                im.draft("L" if channels == 1 else "RGB", (at_least, at_least))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -34,7 +36,7 @@ def read_image(path: str, channels: int) -> np.ndarray:
 
 
 def read_resized(path: str, size: int, channels: int) -> np.ndarray:
-    arr = read_image(path, channels)
+    arr = read_image(path, channels, at_least=size)
     im = Image.fromarray(arr[:, :, 0] if channels == 1 else arr)
     out = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
     return out[:, :, None] if out.ndim == 2 else out

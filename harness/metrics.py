@@ -69,3 +69,10 @@ def fit_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> Tuple[f
         if is_better(s, best_s, metric.direction):
             best_t, best_s = float(t), s
     return best_t, best_s
+
+
+def youden_cutoff(y: np.ndarray, p1: np.ndarray) -> Tuple[float, float, float]:
+    """The cut-off maximising sensitivity + specificity − 1 (Youden's J): (threshold, sens, spec)."""
+    fpr, tpr, thresholds = skm.roc_curve(y, p1)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0)), float(tpr[best]), float(1 - fpr[best])

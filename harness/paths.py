@@ -7,6 +7,8 @@ runs/<name>/
     trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, test.npy,
                                   model.pt, history.csv
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
+    confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off
+    roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     <submission file>             e.g. submission.csv
 """
 from __future__ import annotations
@@ -38,6 +40,14 @@ class RunPaths:
     @property
     def ensemble_json(self) -> Path:
         return self.root / "ensemble.json"
+
+    @property
+    def confusion_csv(self) -> Path:
+        return self.root / "confusion_matrix.csv"
+
+    @property
+    def roc_png(self) -> Path:
+        return self.root / "roc.png"
 
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"t{number:04d}"

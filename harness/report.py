@@ -1,12 +1,18 @@
 """What a user reads: the study leaderboard and the data summary of `harness validate`."""
 from __future__ import annotations
 
+from typing import List
+
+import numpy as np
 import optuna
 import pandas as pd
+from sklearn import metrics as skm
 from optuna.trial import TrialState
 
+from .ensemble import Ensemble
 from .images import probe_images
-from .metrics import METRICS
+from .metrics import METRICS, predict_labels
+from .paths import RunPaths
 from .search import SearchData
 
 
@@ -58,3 +64,47 @@ def data_summary(data: SearchData) -> str:
 
 def _short(value):
     return f"{value:.2e}" if isinstance(value, float) else value
+
+
+def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> List[str]:
+    """Write the ensemble's OOF confusion matrix (and ROC curves, binary); return lines to print."""
+    y, classes = data.samples.y, data.samples.classes
+    predicted = predict_labels(ens.oof, ens.threshold)
+    matrix = pd.DataFrame(skm.confusion_matrix(y, predicted, labels=np.arange(len(classes))),
+                          index=[f"true {c}" for c in classes], columns=[f"pred {c}" for c in classes])
+    matrix.to_csv(paths.confusion_csv)
+    lines = []
+    if ens.threshold is not None:
+        tn, fp, fn, tp = matrix.to_numpy().ravel()
+        lines.append(f"cut-off {ens.threshold:.4f} ({ens.threshold_rule}): sensitivity "
+                     f"{tp / max(tp + fn, 1):.3f}, specificity {tn / max(tn + fp, 1):.3f}")
+        plot_roc(y, ens.oof[:, 1], data.fold, ens.threshold, paths.roc_png)
+        lines.append(f"ROC curves: {paths.roc_png}")
+    lines.append("OOF confusion matrix:\n" + matrix.to_string())
+    return lines
+
+
+def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, cutoff: float, path) -> None:
+    """ROC of each fold and of the pooled OOF, with the cut-off marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for k in np.unique(fold):
+        rows = fold == k
+        if len(np.unique(y[rows])) == 2:
+            skm.RocCurveDisplay.from_predictions(y[rows], p1[rows], name=f"fold {k}", ax=ax,
+                                                 curve_kwargs={"alpha": 0.5})
+    skm.RocCurveDisplay.from_predictions(y, p1, name="pooled OOF", ax=ax,
+                                         curve_kwargs={"color": "black"})
+    predicted = p1 >= cutoff
+    tpr = (predicted & (y == 1)).sum() / max((y == 1).sum(), 1)
+    fpr = (predicted & (y == 0)).sum() / max((y == 0).sum(), 1)
+    ax.plot([fpr], [tpr], "o", color="red", label=f"cut-off {cutoff:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -80,7 +80,7 @@ def prepare_data(run: Run) -> SearchData:
     """Load and check the data and folds; raises SpecError before anything is trained."""
     samples = load_samples(run.spec, run.data_root)
     channels = run.spec.channels or infer_channels(
-        probe_images(samples.train["path"].head(200).tolist())["mode"].tolist()
+        probe_images(samples.train["path"].tolist())["mode"].tolist()
     )
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed)
     return SearchData(samples=samples, channels=channels, fold=table["fold"].to_numpy(),

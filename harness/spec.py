@@ -62,7 +62,7 @@ class SearchSpace:
     )
     imbalance: List[str] = field(
         default_factory=lambda: ["none", "class_weights", "oversample"],
-        metadata={"choices": ["none", "class_weights", "oversample"]},
+        metadata=_choices("harness.sampling:IMBALANCE"),
     )
     lr: List[float] = field(default_factory=lambda: [1e-4, 3e-3])  # [low, high], log scale
     weight_decay: List[float] = field(default_factory=lambda: [1e-6, 1e-2])  # [low, high], log

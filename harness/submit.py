@@ -13,6 +13,7 @@ from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .images import load_resized
 from .metrics import predict_labels
 from .paths import Run, atomic_write_text
+from .report import oof_report
 from .search import SearchData, assemble_oof, open_study, prepare_data
 from .spec import Competition, SpecError
 from .train import TrialConfig, load_fold, predict_from_checkpoint, read_done
@@ -36,9 +37,10 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     out.with_name(out.name + ".tmp").replace(out)
     atomic_write_text(run.paths.ensemble_json, json.dumps(_ensemble_record(ens, run), indent=1))
     metric = run.spec.metric
-    echo(f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}"
-         + (f" at threshold {ens.threshold:.3f}" if ens.threshold is not None else ""))
+    echo(f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}")
     echo(f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}")
+    for line in oof_report(run.paths, data, ens):
+        echo(line)
     echo(f"wrote {out} ({len(frame)} rows)")
     return out
 
@@ -105,7 +107,8 @@ def check_submission(frame: pd.DataFrame, spec: Competition, data_root: Path, n_
 
 def _ensemble_record(ens: Ensemble, run: Run) -> dict:
     return {"metric": run.spec.metric, "weights": {str(k): v for k, v in ens.weights.items()},
-            "oof_score": ens.score, "threshold": ens.threshold, "best_single_trial": ens.best_single,
+            "oof_score": ens.score, "threshold": ens.threshold, "threshold_rule": ens.threshold_rule,
+            "best_single_trial": ens.best_single,
             "best_single_score": ens.best_single_score, "greedy_history": ens.history}
 
 

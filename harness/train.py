@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .augment import AUGMENTS, tta_views
 from .losses import LOSSES
 from .metrics import METRICS, is_better
 from .models import MODEL_FAMILIES, normalisation
 from .paths import atomic_write_text
+from .sampling import IMBALANCE, Drawing
 
 
 @dataclass
@@ -70,11 +72,16 @@ class FoldResult:
 
 
 class ArrayDataset(Dataset):
-    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors."""
+    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors.
+
+    `extra` is applied after `transform` to images whose label is in `extra_for`.
+    """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
-                 transform: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, extra_for: frozenset = frozenset(),
+                 extra: Optional[Callable] = None) -> None:
         self.images, self.index, self.labels, self.transform = images, index, labels, transform
+        self.extra_for, self.extra = extra_for, extra
 
     def __len__(self) -> int:
         return len(self.index)
@@ -83,7 +90,9 @@ class ArrayDataset(Dataset):
         img = self.images[self.index[i]]
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-            img = img[:, :, None] if img.ndim == 2 else img
+        if self.extra is not None and int(self.labels[self.index[i]]) in self.extra_for:
+            img = self.extra(image=img)["image"]
+        img = img[:, :, None] if img.ndim == 2 else img
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return x if self.labels is None else (x, int(self.labels[self.index[i]]))
 
@@ -109,8 +118,11 @@ def fit_fold(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.
     model = model.to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
     metric = METRICS.get(cfg.metric)
-    loss_fn = LOSSES.get(cfg.loss)(_class_weight(cfg, y[train_idx], dev)).to(dev)
-    train_loader = _train_loader(cfg, images, y, train_idx, dev)
+    drawing = IMBALANCE.get(cfg.imbalance)(y[train_idx], cfg.num_classes, cfg.batch_size,
+                                           torch.Generator().manual_seed(cfg.seed + fold))
+    weight = None if drawing.class_weight is None else torch.tensor(drawing.class_weight, device=dev)
+    loss_fn = LOSSES.get(cfg.loss)(weight).to(dev)
+    train_loader = _train_loader(cfg, images, y, train_idx, drawing, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(train_loader))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -228,29 +240,20 @@ def predict_from_checkpoint(cfg: TrialConfig, out_dir: Path, images: np.ndarray)
     return predict_proba(model, images, np.arange(len(images)), views, mean, std, cfg.batch_size)
 
 
-def _class_weight(cfg: TrialConfig, y_train: np.ndarray, dev: torch.device) -> Optional[torch.Tensor]:
-    if cfg.imbalance != "class_weights":
-        return None
-    counts = np.bincount(y_train, minlength=cfg.num_classes).astype(np.float32)
-    weight = len(y_train) / (cfg.num_classes * np.maximum(counts, 1))
-    return torch.tensor(weight, dtype=torch.float32, device=dev)
-
-
 def _train_loader(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
-                  dev: torch.device) -> DataLoader:
-    """Shuffled batches of the training fold; `oversample` draws classes evenly (this fold only)."""
-    dataset = ArrayDataset(images, train_idx, y, AUGMENTS.get(cfg.augment)(cfg.orientation))
+                  drawing: Drawing, dev: torch.device) -> DataLoader:
+    """Batches of the training fold, drawn as the trial's imbalance handling says."""
+    extra = A.D4(p=1.0) if drawing.d4_classes else None
+    dataset = ArrayDataset(images, train_idx, y, AUGMENTS.get(cfg.augment)(cfg.orientation),
+                           extra_for=drawing.d4_classes, extra=extra)
+    common = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                  pin_memory=dev.type == "cuda")
+    if drawing.batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=drawing.batch_sampler, **common)
     generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
-    if cfg.imbalance == "oversample":
-        counts = np.bincount(y[train_idx], minlength=cfg.num_classes)
-        weights = 1.0 / counts[y[train_idx]]
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(train_idx), replacement=True,
-                                        generator=generator)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator if sampler is None else None,
-                      drop_last=len(train_idx) > cfg.batch_size, num_workers=cfg.num_workers,
-                      persistent_workers=cfg.num_workers > 0, pin_memory=dev.type == "cuda")
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=drawing.sampler,
+                      shuffle=drawing.sampler is None, generator=generator if drawing.sampler is None else None,
+                      drop_last=len(train_idx) > cfg.batch_size, **common)
 
 
 def _to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.device) -> torch.Tensor:

@@ -1,0 +1,160 @@
+"""Binary detection with few positives: rebalancing stays in the training fold, thresholds come
+from OOF and reach the submission, messy files load, AUC competitions get a Youden cut-off."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_SEARCH, draw, write_spec
+from harness.metrics import fit_threshold, youden_cutoff
+from harness.sampling import IMBALANCE
+from harness.train import TrialConfig, _train_loader
+
+
+def rows_drawn(imbalance, y, train_idx, epochs=3):
+    """Which rows of `y` one training loader yields (each image's pixels hold its row number)."""
+    images = np.repeat(np.arange(len(y), dtype=np.uint8), 16).reshape(len(y), 4, 4, 1)
+    cfg = TrialConfig(backbone="resnet10t", image_size=4, augment="none", loss="ce", imbalance=imbalance,
+                      lr=1e-3, weight_decay=0.0, batch_size=8, epochs=1, patience=1, pretrained=False,
+                      tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
+    drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
+    loader = _train_loader(cfg, images, y, train_idx, drawing, torch.device("cpu"))
+    drawn = [int(v) for _ in range(epochs) for x, _ in loader for v in x[:, 0, 0, 0]]
+    return np.array(drawn), drawing
+
+
+@pytest.mark.parametrize("imbalance", ["none", "class_weights", "oversample", "oversample_d4", "balanced_batches"])
+def test_rebalancing_draws_only_from_the_training_fold(imbalance):
+    y = np.zeros(60, dtype=int)
+    y[[3, 17, 30, 44, 52, 58]] = 1  # 6 positives; validation fold holds 2 of them
+    val_idx = np.array([3, 30] + list(range(5, 15)))
+    train_idx = np.setdiff1d(np.arange(60), val_idx)
+    drawn, drawing = rows_drawn(imbalance, y, train_idx)
+    assert set(drawn) <= set(train_idx)
+    positive_share = np.mean(y[drawn])
+    if imbalance in ("oversample", "oversample_d4", "balanced_batches"):
+        assert 0.35 < positive_share < 0.65
+        assert set(drawn[y[drawn] == 1]) == {17, 44, 52, 58}
+    else:
+        assert positive_share < 0.15
+    if imbalance == "class_weights":  # from the 48 training labels only: 44 negatives, 4 positives
+        assert drawing.class_weight == pytest.approx([48 / (2 * 44), 48 / (2 * 4)])
+    if imbalance == "oversample_d4":
+        assert drawing.d4_classes == {1}
+
+
+def test_youden_cutoff():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    threshold, sens, spec = youden_cutoff(y, p)
+    assert threshold == pytest.approx(0.7) and sens == 0.75 and spec == 1.0
+
+
+@pytest.fixture
+def defects(tmp_path):
+    """Surface-defect style: 56 normal vs 4 defect images (+ a masks folder that is no class)."""
+
+    def build(metric="macro_f1", value="label", search=None):
+        rng = np.random.default_rng(3)
+        data = tmp_path / "defects"
+        for folder, label, n in (("normal_images", 0, 56), ("defect_images", 1, 4)):
+            (data / "train" / folder).mkdir(parents=True)
+            for i in range(n):
+                draw(label, rng).save(data / "train" / folder / f"{folder[:6]}_{i:03d}.png")
+        (data / "train" / "defect_masks").mkdir()
+        Image.new("L", (20, 20)).save(data / "train" / "defect_masks" / "defect_000.png")
+        (data / "test" / "images").mkdir(parents=True)
+        stems = [f"test_{i:04d}" for i in range(12)]
+        for i, stem in enumerate(stems):
+            draw(int(i % 4 == 0), rng).save(data / "test" / "images" / f"{stem}.jpg")
+        order = list(rng.permutation(stems))
+        pd.DataFrame({"ImageId": order, "answer": 0}).to_csv(data / "test" / "sample_submission.csv", index=False)
+        spec = {
+            "name": "tiny-defects", "task": "binary", "data_root": "../defects",
+            "train": {"layout": "class_folders", "images": "train",
+                      "classes": {"normal_images": 0, "defect_images": 1}},
+            "test": {"layout": "folder", "images": "test/images"},
+            "metric": metric, "positive": "1", "folds": 2, "seed": 0, "channels": 1, "orientation": "free",
+            "submission": {"file": "submission.csv", "id_column": "ImageId", "id_from": "stem",
+                           "target_column": "answer", "value": value, "sample": "test/sample_submission.csv"},
+            "search": {**TINY_SEARCH, "imbalance": ["oversample_d4"], **(search or {})},
+        }
+        return write_spec(tmp_path / "defect-comp", spec), order
+
+    return build
+
+
+def test_threshold_is_fitted_on_oof_and_applied_at_submit(defects, cli, tmp_path):
+    comp, order = defects()
+    run_dir = tmp_path / "run"
+    assert "classes: 0 56, 1 4" in cli("validate", comp, "--run-dir", run_dir).output
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    out = cli("submit", comp, "--run-dir", run_dir).output
+    record = json.loads((run_dir / "ensemble.json").read_text())
+    assert record["threshold_rule"] == "best OOF macro_f1"
+
+    folds = [run_dir / "trials" / "t0000" / f"fold{k}" for k in range(2)]
+    oof = np.zeros((60, 2), np.float32)
+    for f in folds:
+        oof[np.load(f / "val_index.npy")] = np.load(f / "oof.npy")
+    labels = pd.read_csv(run_dir / "folds.csv")["label"].astype(int).to_numpy()
+    threshold, score = fit_threshold("macro_f1", labels, oof)
+    assert record["threshold"] == pytest.approx(threshold) and record["oof_score"] == pytest.approx(score)
+
+    test = np.mean([np.load(f / "test.npy") for f in folds], axis=0)
+    expected = (test[:, 1] >= threshold).astype(int)  # test rows are in sorted file order
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert sub["ImageId"].tolist() == order  # the sample's order, not ours
+    assert sub.set_index("ImageId").loc[[f"test_{i:04d}" for i in range(12)], "answer"].tolist() == expected.tolist()
+    assert "sensitivity" in out and "OOF confusion matrix" in out
+    assert (run_dir / "confusion_matrix.csv").is_file()
+
+
+def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
+    comp, _ = defects(metric="roc_auc", value="probability")
+    run_dir = tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    out = cli("submit", comp, "--run-dir", run_dir).output
+    assert "(Youden index on OOF): sensitivity" in out
+    assert json.loads((run_dir / "ensemble.json").read_text())["threshold_rule"] == "Youden index on OOF"
+    assert (run_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    sub = pd.read_csv(run_dir / "submission.csv")
+    assert sub["answer"].between(0, 1).all() and len(sub) == 12
+
+
+def test_messy_files_load(tmp_path, cli):
+    """PNG named .jpg, RGB + greyscale + palette + 16-bit, odd sizes, spaces in names."""
+    rng = np.random.default_rng(5)
+    data = tmp_path / "messy"
+    for label, folder in enumerate(["no tumour", "tumour"]):
+        (data / "train" / folder).mkdir(parents=True)
+        for i in range(8):
+            im = draw(label, rng, size=40).resize([(17, 300), (250, 40), (120, 90), (40, 40)][i % 4])
+            kind = i % 4
+            if kind == 0:
+                im.save(data / "train" / folder / f"scan {i}.jpg", format="PNG")  # PNG bytes, .jpg name
+            elif kind == 1:
+                im.convert("RGB").save(data / "train" / folder / f"scan {i}.jpeg")
+            elif kind == 2:
+                im.convert("P").save(data / "train" / folder / f"scan {i}.png")
+            else:
+                Image.fromarray(np.asarray(im, np.uint16) * 256).save(data / "train" / folder / f"scan {i}.png")
+    (data / "test").mkdir()
+    for i in range(4):
+        draw(i % 2, rng, size=33).convert("RGB").save(data / "test" / f"new scan {i}.JPG")
+    spec = {"name": "messy", "task": "binary", "data_root": "../messy",
+            "train": {"layout": "class_folders", "images": "train", "classes": {"no tumour": 0, "tumour": 1}},
+            "test": {"layout": "folder", "images": "test"}, "metric": "roc_auc", "folds": 2,
+            "submission": {"id_column": "file", "id_from": "name", "target_column": "probability",
+                           "value": "probability"},
+            "search": dict(TINY_SEARCH)}
+    comp = write_spec(tmp_path / "messy-comp", spec)
+    out = cli("validate", comp, "--run-dir", tmp_path / "run").output
+    assert "channels used: 3" in out and "train: 16 images" in out
+    cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1")
+    cli("submit", comp, "--run-dir", tmp_path / "run")
+    sub = pd.read_csv(tmp_path / "run" / "submission.csv")
+    assert sorted(sub["file"]) == [f"new scan {i}.JPG" for i in range(4)]
