@@ -70,6 +70,9 @@ def search(run: Run, trials: int, timeout: float | None) -> None:
         study = run_search(run, trials, timeout, echo=click.echo)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
     best = study.best_trial if count_finished(study) and _has_complete(study) else None
     click.echo(f"{count_finished(study)} finished trials in {run.storage_url}"
                + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))

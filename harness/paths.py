@@ -9,6 +9,7 @@ runs/<name>/
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
+    report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
     <submission file>             e.g. submission.csv
 """
 from __future__ import annotations
@@ -48,6 +49,10 @@ class RunPaths:
     @property
     def roc_png(self) -> Path:
         return self.root / "roc.png"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
 
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"t{number:04d}"

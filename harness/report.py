@@ -1,6 +1,7 @@
 """What a user reads: the study leaderboard and the data summary of `harness validate`."""
 from __future__ import annotations
 
+import html
 from typing import List
 
 import numpy as np
@@ -66,22 +67,47 @@ def _short(value):
     return f"{value:.2e}" if isinstance(value, float) else value
 
 
-def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> List[str]:
-    """Write the ensemble's OOF confusion matrix (and ROC curves, binary); return lines to print."""
+def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> dict:
+    """The ensemble's OOF confusion matrix and, for binary tasks, cut-off figures and ROC curves.
+
+    Writes confusion_matrix.csv (and roc.png); returns the figures for ensemble.json and the page.
+    """
     y, classes = data.samples.y, data.samples.classes
     predicted = predict_labels(ens.oof, ens.threshold)
     matrix = pd.DataFrame(skm.confusion_matrix(y, predicted, labels=np.arange(len(classes))),
                           index=[f"true {c}" for c in classes], columns=[f"pred {c}" for c in classes])
     matrix.to_csv(paths.confusion_csv)
-    lines = []
+    out = {"confusion_matrix": matrix}
     if ens.threshold is not None:
         tn, fp, fn, tp = matrix.to_numpy().ravel()
-        lines.append(f"cut-off {ens.threshold:.4f} ({ens.threshold_rule}): sensitivity "
-                     f"{tp / max(tp + fn, 1):.3f}, specificity {tn / max(tn + fp, 1):.3f}")
+        out.update(cutoff=ens.threshold, cutoff_rule=ens.threshold_rule,
+                   sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)))
         plot_roc(y, ens.oof[:, 1], data.fold, ens.threshold, paths.roc_png)
-        lines.append(f"ROC curves: {paths.roc_png}")
-    lines.append("OOF confusion matrix:\n" + matrix.to_string())
+    return out
+
+
+def oof_lines(figures: dict) -> List[str]:
+    lines = []
+    if "cutoff" in figures:
+        lines.append(f"cut-off {figures['cutoff']:.4f} ({figures['cutoff_rule']}): sensitivity "
+                     f"{figures['sensitivity']:.3f}, specificity {figures['specificity']:.3f}")
+    lines.append("OOF confusion matrix:\n" + figures["confusion_matrix"].to_string())
     return lines
+
+
+def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: dict,
+                      board: pd.DataFrame) -> None:
+    """One self-contained page beside the run's files (the ROC image is linked, not embedded)."""
+    parts = [f"<h1>{html.escape(title)}</h1>", "<ul>"]
+    parts += [f"<li>{html.escape(line)}</li>" for line in summary]
+    parts.append("</ul><h2>OOF confusion matrix</h2>")
+    parts.append(figures["confusion_matrix"].to_html())
+    if "cutoff" in figures:
+        parts.append(f'<h2>ROC</h2><img src="{paths.roc_png.name}" alt="ROC curves">')
+    parts.append("<h2>Trials</h2>" + board.to_html(index=False, na_rep=""))
+    page = "<!doctype html><meta charset=utf-8><title>{}</title><style>body{{font-family:sans-serif}}" \
+           "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>{}"
+    paths.report_html.write_text(page.format(html.escape(title), "\n".join(parts)))
 
 
 def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, cutoff: float, path) -> None:

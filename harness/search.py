@@ -114,7 +114,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     _check_fingerprint(study, run, data)
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
-    objective = Objective(run, data)
+    objective = Objective(run, data, echo)
     streak = _FailureStreak(echo)
     deadline = time.time() + timeout if timeout else None
     while (remaining := trials - count_finished(study)) > 0 and not streak.tripped:
@@ -135,15 +135,26 @@ def count_finished(study: optuna.Study) -> int:
 
 
 def retry_interrupted(study: optuna.Study) -> List[int]:
-    """Fail RUNNING trials whose process on this host is gone, and enqueue them again."""
+    """Enqueue again, with the same parameters, trials cut short by Ctrl-C or by a process that died.
+
+    A Ctrl-C'd trial is already FAIL (Optuna records it so) and marked `interrupted`; a killed one
+    is still RUNNING with the pid of a process on this host that is gone, and is failed here.
+    """
     host, numbers = socket.gethostname(), []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_source") for t in trials}
+    for t in trials:
+        if t.number in retried or t.state not in (TrialState.RUNNING, TrialState.FAIL):
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t)})
+        if t.state == TrialState.RUNNING:
+            pid = t.user_attrs.get("pid")
+            if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
+                continue  # alive, or another machine's: Optuna's heartbeat retries those
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
+            study.tell(t.number, state=TrialState.FAIL)
+        elif not t.user_attrs.get("interrupted"):
+            continue  # a real failure: retrying would fail again
+        study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t), "retry_source": t.number})
         numbers.append(t.number)
     return numbers
 
@@ -178,8 +189,8 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
 class Objective:
     """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
 
-    def __init__(self, run: Run, data: SearchData) -> None:
-        self.run, self.data = run, data
+    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
+        self.run, self.data, self.echo = run, data, echo
         self.metric = METRICS.get(run.spec.metric)
         self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
 
@@ -199,6 +210,10 @@ class Objective:
             trial.set_user_attr("seconds", round(time.time() - start, 1))
             return cv
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: Ctrl-C")
+            trial.set_user_attr("interrupted", True)
             raise
         except Exception as err:
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
@@ -221,6 +236,9 @@ class Objective:
                                   np.flatnonzero(fold == k), test_images, k, out_dir, on_epoch,
                                   record={"test_hash": self.data.test_hash})
             results.append(result)
+            self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
+                      f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
+                                               f" (best epoch {result.best_epoch}, {result.seconds:.0f} s)"))
             trial.set_user_attr("fold_scores", [r.score for r in results])
             trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
             self._report_fold(trial, results)

@@ -13,7 +13,7 @@ from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .images import load_resized
 from .metrics import predict_labels
 from .paths import Run, atomic_write_text
-from .report import oof_report
+from .report import leaderboard, oof_lines, oof_report, write_report_page
 from .search import SearchData, assemble_oof, open_study, prepare_data
 from .spec import Competition, SpecError
 from .train import TrialConfig, load_fold, predict_from_checkpoint, read_done
@@ -35,13 +35,17 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
     out.with_name(out.name + ".tmp").replace(out)
-    atomic_write_text(run.paths.ensemble_json, json.dumps(_ensemble_record(ens, run), indent=1))
+    figures = oof_report(run.paths, data, ens)
+    record = {**_ensemble_record(ens, run), **{k: v for k, v in figures.items() if k != "confusion_matrix"}}
+    atomic_write_text(run.paths.ensemble_json, json.dumps(record, indent=1))
     metric = run.spec.metric
-    echo(f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}")
-    echo(f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}")
-    for line in oof_report(run.paths, data, ens):
+    summary = [f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}",
+               f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"]
+    write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + oof_lines(figures)[:-1],
+                      figures, leaderboard(study, metric))
+    for line in summary + oof_lines(figures):
         echo(line)
-    echo(f"wrote {out} ({len(frame)} rows)")
+    echo(f"wrote {out} ({len(frame)} rows) and {run.paths.report_html}")
     return out
 
 

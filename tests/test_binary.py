@@ -119,8 +119,12 @@ def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     out = cli("submit", comp, "--run-dir", run_dir).output
     assert "(Youden index on OOF): sensitivity" in out
-    assert json.loads((run_dir / "ensemble.json").read_text())["threshold_rule"] == "Youden index on OOF"
+    record = json.loads((run_dir / "ensemble.json").read_text())
+    assert record["threshold_rule"] == "Youden index on OOF"
+    assert 0 <= record["sensitivity"] <= 1 and 0 <= record["specificity"] <= 1
     assert (run_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    page = (run_dir / "report.html").read_text()
+    assert 'src="roc.png"' in page and "Youden index on OOF" in page and "true 1" in page
     sub = pd.read_csv(run_dir / "submission.csv")
     assert sub["answer"].between(0, 1).all() and len(sub) == 12
 

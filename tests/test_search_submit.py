@@ -46,6 +46,8 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
     record = json.loads((run_dir / "ensemble.json").read_text())
     assert abs(sum(record["weights"].values()) - 1) < 1e-6
     assert record["threshold"] is not None  # binary accuracy: threshold fitted on OOF
+    page = (run_dir / "report.html").read_text()
+    assert "best single trial" in page and page.count("<tr>") >= 2 + 2  # confusion rows + trial rows
 
 
 def test_trials_means_total_so_running_again_continues(class_folder_competition, cli, tmp_path):
