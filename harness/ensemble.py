@@ -1,57 +1,83 @@
 """Greedy forward ensemble of finished trials on their OOF predictions (Caruana et al., 2004).
 
 Each trial counts as the average of its fold models. Members are added with replacement while
-the competition metric on OOF improves; post-processing the metric needs (the binary decision
-threshold for label metrics) is fitted on the ensemble's OOF afterwards.
+the competition metric on OOF improves. Afterwards, each binary head gets its cut-off, fitted on
+the ensemble's OOF: the threshold that optimises a label metric (F1, accuracy), else the Youden
+index (AUC and log-loss competitions report it; label submissions use it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from .metrics import METRICS, fit_threshold, is_better, youden_cutoff
+from .targets import Targets
 
 
 @dataclass
 class TrialPredictions:
     number: int
     cv: float
-    oof: np.ndarray  # n_train × C, sample order
-    test: np.ndarray  # n_test × C, averaged over folds
+    oof: np.ndarray  # n_train × ΣC, sample order
+    test: np.ndarray  # n_test × ΣC, averaged over folds
 
 
 @dataclass
 class Ensemble:
     weights: Dict[int, float]  # trial number → weight (sums to 1)
     oof: np.ndarray
-    score: float  # ensemble OOF score, after post-processing
+    score: float  # ensemble OOF score, with the cut-offs applied
     best_single: int
     best_single_score: float
-    threshold: Optional[float] = None  # binary: where labels are cut (fitted or Youden)
-    threshold_rule: str = "argmax"
+    thresholds: Dict[str, float] = field(default_factory=dict)  # binary head → cut-off
+    threshold_rules: Dict[str, str] = field(default_factory=dict)
     history: List[float] = field(default_factory=list)
 
     def blend(self, by_trial: Dict[int, np.ndarray]) -> np.ndarray:
         return sum(w * by_trial[n] for n, w in self.weights.items())
 
 
-def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, metric_name: str,
+def fit_cutoffs(targets: Targets, y: np.ndarray, oof: np.ndarray,
+                youden: bool = True) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Per binary head: the OOF-optimal threshold for a label metric, else (if `youden`) the Youden cut-off."""
+    thresholds, rules = {}, {}
+    for i, head in enumerate(targets.heads):
+        if not head.binary or len(np.unique(y[:, i])) < 2:
+            continue
+        proba = oof[:, head.cols]
+        if METRICS.get(head.metric).uses_threshold:
+            thresholds[head.name] = fit_threshold(head.metric, y[:, i], proba)[0]
+            rules[head.name] = f"best OOF {head.metric}"
+        elif youden:
+            thresholds[head.name] = youden_cutoff(y[:, i], proba[:, 1])[0]
+            rules[head.name] = "Youden index on OOF"
+    return thresholds, rules
+
+
+def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Targets,
                    max_rounds: int = 25) -> Ensemble:
-    metric = METRICS.get(metric_name)
-    ranked = sorted(preds, key=lambda p: p.cv, reverse=metric.direction == "maximize")
-    counts = {ranked[0].number: 1}
-    total = ranked[0].oof.astype(np.float64)
-    best = metric(y, total)
+    """Greedy selection on the post-processed OOF score, so thresholds count and the ensemble
+    is never worse than the best single trial it starts from."""
+    direction = targets.direction
+
+    def score(oof: np.ndarray) -> float:
+        return targets.score(y, oof, fit_cutoffs(targets, y, oof, youden=False)[0])
+
+    singles = [(score(p.oof), p) for p in preds]
+    single_score, single = max(singles, key=lambda sp: sp[0] if direction == "maximize" else -sp[0])
+    counts = {single.number: 1}
+    total = single.oof.astype(np.float64)
+    best = single_score
     history = [best]
     for _ in range(max_rounds):
         size = sum(counts.values())
         choice, choice_score = None, best
-        for p in ranked:
-            score = metric(y, (total + p.oof) / (size + 1))
-            if is_better(score, choice_score, metric.direction):
-                choice, choice_score = p, score
+        for p in preds:
+            candidate = score((total + p.oof) / (size + 1))
+            if is_better(candidate, choice_score, direction):
+                choice, choice_score = p, candidate
         if choice is None:
             break
         counts[choice.number] = counts.get(choice.number, 0) + 1
@@ -60,17 +86,8 @@ def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, metric_name: st
         history.append(best)
     size = sum(counts.values())
     oof = (total / size).astype(np.float32)
-    threshold, rule, score = None, "argmax", metric(y, oof)
-    binary_label_metric = oof.shape[1] == 2 and metric.uses_threshold
-    if binary_label_metric:
-        threshold, score = fit_threshold(metric_name, y, oof)
-        rule = f"best OOF {metric_name}"
-    elif oof.shape[1] == 2 and len(np.unique(y)) == 2:
-        threshold, rule = youden_cutoff(y, oof[:, 1])[0], "Youden index on OOF"
-    single = ranked[0]
-    single_score = metric(y, single.oof)
-    if binary_label_metric:
-        single_score = fit_threshold(metric_name, y, single.oof)[1]
-    return Ensemble(weights={n: c / size for n, c in counts.items()}, oof=oof, score=score,
-                    best_single=single.number, best_single_score=single_score,
-                    threshold=threshold, threshold_rule=rule, history=history)
+    thresholds, rules = fit_cutoffs(targets, y, oof)
+    return Ensemble(weights={n: c / size for n, c in counts.items()}, oof=oof,
+                    score=targets.score(y, oof, thresholds), best_single=single.number,
+                    best_single_score=single_score, thresholds=thresholds, threshold_rules=rules,
+                    history=history)

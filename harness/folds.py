@@ -13,8 +13,11 @@ from .spec import SpecError
 
 
 def make_folds(samples: Samples, n_folds: int, seed: int) -> np.ndarray:
-    """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold."""
-    y = samples.y
+    """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold.
+
+    Stratified on the label, or on the combination of labels when there are several heads.
+    """
+    y = pd.factorize(samples.train["label"])[0]
     groups = samples.train["group"]
     has_groups = groups.notna().any()
     if has_groups:

@@ -2,14 +2,16 @@
 
 A layout is one registered function `(section, root, labelled) -> DataFrame` with columns
 `path` (absolute), `listed` (the image as the competition lists it) and, when labelled,
-`label`; `group` when the spec declares groups. `PREPARERS` materialise bundled data sets.
+`label`; `group` when the spec declares groups. With several targets (task multihead) each
+target has a column `label.<target>` and `label` holds their combination, which folds stratify
+on. `PREPARERS` materialise bundled data sets.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
 import pandas as pd
@@ -28,14 +30,16 @@ PREPARERS = Registry("data preparer")
 class Samples:
     """The interface between the data and every later stage."""
 
-    train: pd.DataFrame  # path, listed, label, y, group
+    train: pd.DataFrame  # path, listed, label (+ label.<target> per head), group
     test: pd.DataFrame  # path, listed, id
-    classes: List[str]  # index = the model's output index; binary: [negative, positive]
+    heads: Dict[str, List[str]]  # head → its classes (index = output index; binary: positive last)
+    y: np.ndarray  # N × H class indices
     data_root: Path
 
     @property
-    def y(self) -> np.ndarray:
-        return self.train["y"].to_numpy()
+    def classes(self) -> List[str]:
+        """The classes of a single-head competition."""
+        return next(iter(self.heads.values()))
 
 
 def load_samples(spec: "Competition", data_root: Path) -> Samples:
@@ -50,8 +54,10 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         raise SpecError(f"{data_root / spec.train.images}: no training images found")
     if test.empty:
         raise SpecError(f"{data_root / spec.test.images}: no test images found")
-    classes = _ordered_classes(train["label"], spec)
-    train["y"] = train["label"].map({c: i for i, c in enumerate(classes)}).astype(int)
+    columns = {t: f"label.{t}" for t in spec.train.targets} or {spec.train.target or "label": "label"}
+    heads = {name: _ordered_classes(train[col], spec) for name, col in columns.items()}
+    y = np.stack([train[col].map({c: i for i, c in enumerate(heads[name])}).to_numpy(int)
+                  for name, col in columns.items()], axis=1)
     test["id"] = [_derive_id(v, spec.submission.id_from) for v in test["listed"]]
     dup = test["id"][test["id"].duplicated()]
     if not dup.empty:
@@ -59,11 +65,15 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
             f"test ids are not unique with submission.id_from={spec.submission.id_from}: {dup.iloc[0]!r}"
         )
     return Samples(train=train.reset_index(drop=True), test=test.reset_index(drop=True),
-                   classes=classes, data_root=data_root)
+                   heads=heads, y=y, data_root=data_root)
 
 
 def _ordered_classes(labels: pd.Series, spec: "Competition") -> List[str]:
     classes = sorted(labels.unique(), key=_natural_key)
+    if spec.task == "multihead":
+        if len(classes) < 2:
+            raise SpecError(f"target {labels.name[6:]!r} has a single class {classes}: nothing to learn")
+        return classes
     if spec.task == "binary":
         if len(classes) != 2:
             raise SpecError(f"task binary needs 2 classes, found {len(classes)}: {classes}")
@@ -137,8 +147,9 @@ def csv_listing(section: "DataSection", root: Path, labelled: bool) -> pd.DataFr
     if not csv_path.is_file():
         raise SpecError(f"{what}.csv: {csv_path} does not exist")
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    needed = [section.image_column] + section.groups + ([section.target] if labelled else [])
-    if labelled and not section.target:
+    targets = section.targets or ([section.target] if section.target else [])
+    needed = [section.image_column] + section.groups + (targets if labelled else [])
+    if labelled and not targets:
         raise SpecError(f"{what}.target: the csv layout needs a target column")
     for col in needed:
         if col not in table.columns:
@@ -154,10 +165,13 @@ def csv_listing(section: "DataSection", root: Path, labelled: bool) -> pd.DataFr
         paths.append(str(path))
     out = pd.DataFrame({"path": paths, "listed": table[section.image_column].to_list()})
     if labelled:
-        empty = table.index[table[section.target].str.strip() == ""]
-        if len(empty):
-            raise SpecError(f"{csv_path.name} line {empty[0] + 2}: empty target {section.target!r}")
-        out["label"] = table[section.target].to_list()
+        for target in targets:
+            empty = table.index[table[target].str.strip() == ""]
+            if len(empty):
+                raise SpecError(f"{csv_path.name} line {empty[0] + 2}: empty target {target!r}")
+            out[f"label.{target}"] = table[target].to_list()
+        out["label"] = out[f"label.{targets[0]}"] if len(targets) == 1 else \
+            table[targets].apply(lambda r: "|".join(f"{t}={r[t]}" for t in targets), axis=1).to_list()
     out["group"] = table[section.groups].agg("|".join, axis=1).to_list() if section.groups else None
     return out
 

@@ -21,13 +21,22 @@ def predict_labels(proba: np.ndarray, threshold: Optional[float] = None) -> np.n
     return proba.argmax(1)
 
 
-@METRICS.register("accuracy", direction="maximize", uses_threshold=True)
+def _accuracy_from_counts(tp, fp, fn, tn):
+    return (tp + tn) / np.maximum(tp + fp + fn + tn, 1)
+
+
+def _macro_f1_from_counts(tp, fp, fn, tn):
+    return (2 * tp / np.maximum(2 * tp + fp + fn, 1) + 2 * tn / np.maximum(2 * tn + fn + fp, 1)) / 2
+
+
+# `from_counts`: the same metric of binary confusion counts, vectorised, for fast threshold fitting.
+@METRICS.register("accuracy", direction="maximize", uses_threshold=True, from_counts=_accuracy_from_counts)
 def accuracy(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
     """Share of correct labels."""
     return float(skm.accuracy_score(y, predict_labels(proba, threshold)))
 
 
-@METRICS.register("macro_f1", direction="maximize", uses_threshold=True)
+@METRICS.register("macro_f1", direction="maximize", uses_threshold=True, from_counts=_macro_f1_from_counts)
 def macro_f1(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
     """Unweighted mean of per-class F1 over all classes."""
     labels = np.arange(proba.shape[1])
@@ -60,15 +69,23 @@ def is_better(new: float, old: Optional[float], direction: str) -> bool:
 
 
 def fit_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> Tuple[float, float]:
-    """The binary decision threshold that optimises `metric_name` on OOF, and the score there."""
+    """The binary decision threshold that optimises `metric_name` on OOF, and the score there.
+
+    Candidates are 0.5 (kept on ties) and 201 quantiles of the positive-class probability.
+    """
     metric = METRICS.get(metric_name)
-    candidates = np.unique(np.quantile(proba[:, 1], np.linspace(0, 1, 201)))
-    best_t, best_s = 0.5, metric(y, proba, 0.5)
-    for t in candidates:
-        s = metric(y, proba, float(t))
-        if is_better(s, best_s, metric.direction):
-            best_t, best_s = float(t), s
-    return best_t, best_s
+    p1 = proba[:, 1]
+    candidates = np.concatenate([[0.5], np.unique(np.quantile(p1, np.linspace(0, 1, 201)))])
+    from_counts = getattr(metric, "from_counts", None)
+    if from_counts is not None:
+        pos, neg = np.sort(p1[y == 1]), np.sort(p1[y != 1])
+        tp = len(pos) - np.searchsorted(pos, candidates, side="left")  # predicted positive: p >= t
+        fp = len(neg) - np.searchsorted(neg, candidates, side="left")
+        scores = from_counts(tp, fp, len(pos) - tp, len(neg) - fp)
+    else:
+        scores = np.array([metric(y, proba, float(t)) for t in candidates])
+    best = int(np.nanargmax(scores) if metric.direction == "maximize" else np.nanargmin(scores))
+    return float(candidates[best]), float(scores[best])
 
 
 def youden_cutoff(y: np.ndarray, p1: np.ndarray) -> Tuple[float, float, float]:

@@ -7,7 +7,7 @@ runs/<name>/
     trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, test.npy,
                                   model.pt, history.csv
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
-    confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off
+    confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
     <submission file>             e.g. submission.csv
@@ -42,13 +42,11 @@ class RunPaths:
     def ensemble_json(self) -> Path:
         return self.root / "ensemble.json"
 
-    @property
-    def confusion_csv(self) -> Path:
-        return self.root / "confusion_matrix.csv"
+    def confusion_csv(self, head: Optional[str] = None) -> Path:
+        return self.root / (f"confusion_matrix_{head}.csv" if head else "confusion_matrix.csv")
 
-    @property
-    def roc_png(self) -> Path:
-        return self.root / "roc.png"
+    def roc_png(self, head: Optional[str] = None) -> Path:
+        return self.root / (f"roc_{head}.png" if head else "roc.png")
 
     @property
     def report_html(self) -> Path:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import html
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import optuna
@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from .ensemble import Ensemble
 from .images import probe_images
-from .metrics import METRICS, predict_labels
+from .metrics import METRICS
 from .paths import RunPaths
 from .search import SearchData
 
@@ -28,9 +28,10 @@ def leaderboard(study: optuna.Study, metric_name: str) -> pd.DataFrame:
         if t.user_attrs.get("reused_folds"):
             note = (note + f" reused folds {t.user_attrs['reused_folds']}").strip()
         seconds = t.duration.total_seconds() if t.duration else None
+        heads = {f"cv.{h}": v for h, v in t.user_attrs.get("head_scores", {}).items()}
         rows.append({
             "trial": t.number, "state": t.state.name.lower(),
-            "cv": t.value if t.state == TrialState.COMPLETE else None,
+            "cv": t.value if t.state == TrialState.COMPLETE else None, **heads,
             "folds": " ".join(f"{s:.3f}" for s in folds),
             **{k: _short(v) for k, v in t.params.items()},
             "seconds": round(seconds, 1) if seconds is not None else None, "note": note,
@@ -47,10 +48,16 @@ def data_summary(data: SearchData) -> str:
     s = data.samples
     train_probe = probe_images(s.train["path"].tolist())
     test_probe = probe_images(s.test["path"].tolist())
-    counts = s.train["label"].value_counts().reindex(s.classes)
-    lines = [f"data root: {s.data_root}",
-             f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
-             "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
+    lines = [f"data root: {s.data_root}"]
+    if len(s.heads) == 1:
+        counts = s.train["label"].value_counts().reindex(s.classes)
+        lines += [f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
+                  "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
+    else:
+        lines.append(f"train: {len(s.train)} images, {len(s.heads)} heads; test: {len(s.test)} images")
+        for i, (head, classes) in enumerate(s.heads.items()):
+            counts = np.bincount(s.y[:, i], minlength=len(classes))
+            lines.append(f"{head}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
     if s.train["group"].notna().any():
         lines.append(f"groups: {s.train['group'].nunique()} (largest {s.train['group'].value_counts().max()})")
     fold_sizes = pd.Series(data.fold).value_counts().sort_index()
@@ -67,43 +74,55 @@ def _short(value):
     return f"{value:.2e}" if isinstance(value, float) else value
 
 
-def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> dict:
-    """The ensemble's OOF confusion matrix and, for binary tasks, cut-off figures and ROC curves.
+def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, dict]:
+    """Per head: the ensemble's OOF confusion matrix and, for a binary head, cut-off figures and ROC.
 
-    Writes confusion_matrix.csv (and roc.png); returns the figures for ensemble.json and the page.
+    Writes confusion_matrix*.csv (and roc*.png); returns the figures by head.
     """
-    y, classes = data.samples.y, data.samples.classes
-    predicted = predict_labels(ens.oof, ens.threshold)
-    matrix = pd.DataFrame(skm.confusion_matrix(y, predicted, labels=np.arange(len(classes))),
-                          index=[f"true {c}" for c in classes], columns=[f"pred {c}" for c in classes])
-    matrix.to_csv(paths.confusion_csv)
-    out = {"confusion_matrix": matrix}
-    if ens.threshold is not None:
-        tn, fp, fn, tp = matrix.to_numpy().ravel()
-        out.update(cutoff=ens.threshold, cutoff_rule=ens.threshold_rule,
-                   sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)))
-        plot_roc(y, ens.oof[:, 1], data.fold, ens.threshold, paths.roc_png)
+    y, targets = data.samples.y, data.targets
+    labels = targets.labels(ens.oof, ens.thresholds)
+    single = len(targets.heads) == 1
+    out = {}
+    for i, head in enumerate(targets.heads):
+        tag = None if single else head.name
+        matrix = pd.DataFrame(skm.confusion_matrix(y[:, i], labels[:, i], labels=np.arange(len(head.classes))),
+                              index=[f"true {c}" for c in head.classes],
+                              columns=[f"pred {c}" for c in head.classes])
+        matrix.to_csv(paths.confusion_csv(tag))
+        figures = {"confusion_matrix": matrix}
+        if head.name in ens.thresholds:
+            tn, fp, fn, tp = matrix.to_numpy().ravel()
+            figures.update(cutoff=ens.thresholds[head.name], cutoff_rule=ens.threshold_rules[head.name],
+                           sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)),
+                           roc=paths.roc_png(tag).name)
+            plot_roc(y[:, i], ens.oof[:, head.cols][:, 1], data.fold, figures["cutoff"], paths.roc_png(tag))
+        out[head.name] = figures
     return out
 
 
-def oof_lines(figures: dict) -> List[str]:
+def oof_lines(figures: Dict[str, dict]) -> List[str]:
     lines = []
-    if "cutoff" in figures:
-        lines.append(f"cut-off {figures['cutoff']:.4f} ({figures['cutoff_rule']}): sensitivity "
-                     f"{figures['sensitivity']:.3f}, specificity {figures['specificity']:.3f}")
-    lines.append("OOF confusion matrix:\n" + figures["confusion_matrix"].to_string())
+    for head, f in figures.items():
+        prefix = f"{head}: " if len(figures) > 1 else ""
+        if "cutoff" in f:
+            lines.append(f"{prefix}cut-off {f['cutoff']:.4f} ({f['cutoff_rule']}): sensitivity "
+                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}")
+        lines.append(f"{prefix}OOF confusion matrix:\n" + f["confusion_matrix"].to_string())
     return lines
 
 
-def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: dict,
+def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: Dict[str, dict],
                       board: pd.DataFrame) -> None:
-    """One self-contained page beside the run's files (the ROC image is linked, not embedded)."""
+    """One page beside the run's files (ROC images are linked, not embedded)."""
     parts = [f"<h1>{html.escape(title)}</h1>", "<ul>"]
     parts += [f"<li>{html.escape(line)}</li>" for line in summary]
-    parts.append("</ul><h2>OOF confusion matrix</h2>")
-    parts.append(figures["confusion_matrix"].to_html())
-    if "cutoff" in figures:
-        parts.append(f'<h2>ROC</h2><img src="{paths.roc_png.name}" alt="ROC curves">')
+    parts.append("</ul>")
+    for head, f in figures.items():
+        parts.append(f"<h2>{html.escape(head)}: OOF confusion matrix</h2>" + f["confusion_matrix"].to_html())
+        if "cutoff" in f:
+            parts.append(f"<p>cut-off {f['cutoff']:.4f} ({html.escape(f['cutoff_rule'])}): sensitivity "
+                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}</p>"
+                         f'<img src="{f["roc"]}" alt="ROC curves">')
     parts.append("<h2>Trials</h2>" + board.to_html(index=False, na_rep=""))
     page = "<!doctype html><meta charset=utf-8><title>{}</title><style>body{{font-family:sans-serif}}" \
            "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>{}"

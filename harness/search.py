@@ -32,6 +32,7 @@ from .metrics import METRICS
 from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, to_dict
+from .targets import Targets, targets_for
 from .train import FoldResult, TrialConfig, device, fit_fold, load_fold
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
@@ -67,6 +68,7 @@ class SearchData:
     """What every trial shares: the samples, their channels and the fixed folds."""
 
     samples: Samples
+    targets: Targets
     channels: int
     fold: np.ndarray
     folds_hash: str
@@ -83,8 +85,8 @@ def prepare_data(run: Run) -> SearchData:
         probe_images(samples.train["path"].tolist())["mode"].tolist()
     )
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed)
-    return SearchData(samples=samples, channels=channels, fold=table["fold"].to_numpy(),
-                      folds_hash=folds_hash(table))
+    return SearchData(samples=samples, targets=targets_for(run.spec, samples.heads), channels=channels,
+                      fold=table["fold"].to_numpy(), folds_hash=folds_hash(table))
 
 
 def open_study(run: Run, create: bool) -> optuna.Study:
@@ -170,11 +172,13 @@ def artifact_owner(trial: FrozenTrial) -> int:
 
 def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
     s = run.spec.search
+    heads = data.targets.heads
+    loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
     return TrialConfig(
         backbone=trial.suggest_categorical("backbone", s.backbones),
         image_size=trial.suggest_categorical("image_size", s.image_size),
         augment=trial.suggest_categorical("augment", s.augment),
-        loss=trial.suggest_categorical("loss", s.loss),
+        loss=[trial.suggest_categorical(name, s.loss) for name in loss_names],
         imbalance=trial.suggest_categorical("imbalance", s.imbalance),
         lr=trial.suggest_float("lr", min(s.lr), max(s.lr), log=True),
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
@@ -182,7 +186,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         epochs=trial.suggest_categorical("epochs", s.epochs),
         patience=s.patience, pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
-        num_classes=len(data.samples.classes), num_workers=s.num_workers,
+        num_classes=data.targets.width, num_workers=s.num_workers,
     )
 
 
@@ -191,7 +195,6 @@ class Objective:
 
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
         self.run, self.data, self.echo = run, data, echo
-        self.metric = METRICS.get(run.spec.metric)
         self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -206,7 +209,9 @@ class Objective:
             atomic_write_text(trial_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner)
             oof = assemble_oof(results, len(self.data.fold))
-            cv = self.metric(self.data.samples.y, oof)
+            cv = self.data.targets.score(self.data.samples.y, oof)
+            if len(self.data.targets.heads) > 1:
+                trial.set_user_attr("head_scores", self.data.targets.head_scores(self.data.samples.y, oof))
             trial.set_user_attr("seconds", round(time.time() - start, 1))
             return cv
         except optuna.TrialPruned:
@@ -232,7 +237,7 @@ class Objective:
             result = load_fold(out_dir, cfg.digest())
             if result is None:
                 on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
-                result = fit_fold(cfg, images, samples.y, np.flatnonzero(fold != k),
+                result = fit_fold(cfg, self.data.targets, images, samples.y, np.flatnonzero(fold != k),
                                   np.flatnonzero(fold == k), test_images, k, out_dir, on_epoch,
                                   record={"test_hash": self.data.test_hash})
             results.append(result)
@@ -274,7 +279,8 @@ def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
 def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "search")
-    return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.classes}
+    return {**{k: spec[k] for k in keep}, "heads": spec["heads"], "folds_hash": data.folds_hash,
+            "classes": data.samples.heads}
 
 
 def _check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:

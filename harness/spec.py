@@ -32,11 +32,19 @@ class DataSection:
     csv: Optional[str] = None  # csv layout: listing, relative to the data root
     image_column: str = "path"
     target: Optional[str] = None  # csv layout: target column
+    targets: List[str] = field(default_factory=list)  # csv layout, task multihead: one column per head
     classes: Optional[Dict[str, Any]] = None  # class_folders: folder name → label (others ignored)
     groups: List[str] = field(default_factory=list)  # columns whose combination is one group
     extensions: List[str] = field(
         default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".webp"]
     )
+
+
+@dataclass
+class HeadSpec:
+    metric: Optional[str] = field(default=None, metadata=_choices("harness.metrics:METRICS"))
+    loss_weight: float = 1.0  # the heads' losses are summed with these weights
+    metric_weight: float = 1.0  # the competition metric is the heads' metrics averaged with these
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Submission:
     target_column: str = "label"
     value: str = field(default="label", metadata={"choices": ["label", "probability"]})
     sample: Optional[str] = None  # sample submission, relative to the data root
+    columns: List[str] = field(default_factory=list)  # multihead: a column per head, in head order
+    combined_column: Optional[str] = None  # multihead: also write the combined class index
 
 
 @dataclass
@@ -78,12 +88,13 @@ class SearchSpace:
 @dataclass
 class Competition:
     name: str
-    task: str = field(metadata={"choices": ["binary", "multiclass"]})
+    task: str = field(metadata={"choices": ["binary", "multiclass", "multihead"]})
     train: DataSection
     test: DataSection
     metric: str = field(metadata=_choices("harness.metrics:METRICS"))
     submission: Submission = field(default_factory=Submission)
     search: SearchSpace = field(default_factory=SearchSpace)
+    heads: Dict[str, HeadSpec] = field(default_factory=dict)  # multihead: per-head metric and weights
     folds: int = 5
     seed: int = 42
     channels: Optional[int] = field(default=None, metadata={"choices": [1, 3]})
@@ -197,6 +208,8 @@ def _convert(hint: Any, value: Any, key: str, choices: Any) -> Any:
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise SpecError(f"'{key}': expected a mapping, got {value!r}")
+        if dataclasses.is_dataclass(args[1]):
+            return {str(k): _build(args[1], v or {}, f"{key}.{k}") for k, v in value.items()}
         return {str(k): v for k, v in value.items()}
     out = _scalar(hint, value, key)
     _check_choice(out, key, choices)
@@ -248,9 +261,34 @@ def _check_consistency(spec: Competition, path: Path) -> None:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
     if spec.submission.value == "probability" and spec.task != "binary":
         raise SpecError(f"{path}: 'submission.value': probability needs task binary, got {spec.task}")
-    if spec.test.target is not None:
+    if spec.test.target is not None or spec.test.targets:
         raise SpecError(f"{path}: 'test.target': the test set has no target")
+    _check_heads(spec, path)
     _check_backbones(s.backbones, path)
+
+
+def _check_heads(spec: Competition, path: Path) -> None:
+    targets = spec.train.targets
+    if spec.task != "multihead":
+        if targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
+            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
+        return
+    if spec.train.layout != "csv" or len(targets) < 2 or spec.train.target:
+        raise SpecError(f"{path}: task multihead needs train.layout csv with 'train.targets' "
+                        "(two or more columns) instead of 'train.target'")
+    for name in spec.heads:
+        if name not in targets:
+            raise SpecError(f"{path}: 'heads.{name}': not one of train.targets ({', '.join(targets)})")
+    from .metrics import METRICS
+
+    directions = {METRICS.get(spec.heads.get(t, HeadSpec()).metric or spec.metric).direction for t in targets}
+    if len(directions) > 1:
+        raise SpecError(f"{path}: 'heads': the heads' metrics must all be maximised or all minimised")
+    if spec.submission.columns and len(spec.submission.columns) != len(targets):
+        raise SpecError(f"{path}: 'submission.columns': {len(spec.submission.columns)} names for "
+                        f"{len(targets)} heads")
+    if spec.submission.value != "label":
+        raise SpecError(f"{path}: 'submission.value': task multihead writes labels")
 
 
 def _check_backbones(names: List[str], path: Path) -> None:

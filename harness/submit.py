@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import pandas as pd
@@ -11,11 +11,11 @@ from optuna.trial import TrialState
 
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .images import load_resized
-from .metrics import predict_labels
 from .paths import Run, atomic_write_text
 from .report import leaderboard, oof_lines, oof_report, write_report_page
 from .search import SearchData, assemble_oof, open_study, prepare_data
 from .spec import Competition, SpecError
+from .targets import Targets
 from .train import TrialConfig, load_fold, predict_from_checkpoint, read_done
 
 
@@ -27,20 +27,24 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
                         "(pruned and failed trials are left out): run `harness search` first")
-    ens = build_ensemble(preds, data.samples.y, run.spec.metric)
+    ens = build_ensemble(preds, data.samples.y, data.targets)
     test = ens.blend({p.number: p.test for p in preds})
-    frame = submission_frame(run.spec, data.samples.classes, data.samples.test["id"], test, ens.threshold)
+    frame = submission_frame(run.spec, data.targets, data.samples.test["id"], test, ens.thresholds)
     frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
     out = run.paths.submission(run.spec.submission.file)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
     out.with_name(out.name + ".tmp").replace(out)
     figures = oof_report(run.paths, data, ens)
-    record = {**_ensemble_record(ens, run), **{k: v for k, v in figures.items() if k != "confusion_matrix"}}
+    record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
+                                                      for h, f in figures.items()}}
     atomic_write_text(run.paths.ensemble_json, json.dumps(record, indent=1))
     metric = run.spec.metric
     summary = [f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}",
                f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"]
+    if len(data.targets.heads) > 1:
+        summary.append("ensemble per head: " + ", ".join(
+            f"{h} {v:.4f}" for h, v in data.targets.head_scores(data.samples.y, ens.oof, ens.thresholds).items()))
     write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + oof_lines(figures)[:-1],
                       figures, leaderboard(study, metric))
     for line in summary + oof_lines(figures):
@@ -71,23 +75,33 @@ def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored:
         return stored
     cfg = TrialConfig(**json.loads((run.paths.trial_dir(owner) / "config.json").read_text()))
     images = load_resized(data.samples.test["path"].tolist(), cfg.image_size, cfg.channels)
-    return predict_from_checkpoint(cfg, out_dir, images)
+    return predict_from_checkpoint(cfg, data.targets, out_dir, images)
 
 
-def submission_frame(spec: Competition, classes: List[str], ids: pd.Series, proba: np.ndarray,
-                     threshold) -> pd.DataFrame:
+def submission_frame(spec: Competition, targets: Targets, ids: pd.Series, proba: np.ndarray,
+                     thresholds: Dict[str, float]) -> pd.DataFrame:
+    """Id column, then the target column (or a column per head, and optionally their combination)."""
     sub = spec.submission
+    frame = pd.DataFrame({sub.id_column: ids.to_numpy()})
     if sub.value == "probability":
-        values = proba[:, 1]
-    else:
-        values = np.asarray(classes, dtype=object)[predict_labels(proba, threshold)]
-    return pd.DataFrame({sub.id_column: ids.to_numpy(), sub.target_column: values})
+        frame[sub.target_column] = proba[:, targets.heads[0].cols][:, 1]
+        return frame
+    labels = targets.labels(proba, thresholds)
+    columns = sub.columns or [h.name for h in targets.heads]
+    if len(targets.heads) == 1:
+        columns = [sub.target_column]
+    for i, (head, column) in enumerate(zip(targets.heads, columns)):
+        frame[column] = np.asarray(head.classes, dtype=object)[labels[:, i]]
+    if sub.combined_column:
+        # mixed radix in head order, e.g. mask * 6 + gender * 3 + age for 3 × 2 × 3 classes
+        frame[sub.combined_column] = np.ravel_multi_index(tuple(labels.T), targets.sizes)
+    return frame
 
 
 def check_submission(frame: pd.DataFrame, spec: Competition, data_root: Path, n_test: int) -> pd.DataFrame:
     """Ids, columns and row count against the sample submission (reordered to it) or the test listing."""
     sub = spec.submission
-    if frame[sub.target_column].isna().any():
+    if frame.isna().any().any():
         raise SpecError("submission has empty predictions")
     if sub.sample:
         sample_path = data_root / sub.sample
@@ -111,7 +125,7 @@ def check_submission(frame: pd.DataFrame, spec: Competition, data_root: Path, n_
 
 def _ensemble_record(ens: Ensemble, run: Run) -> dict:
     return {"metric": run.spec.metric, "weights": {str(k): v for k, v in ens.weights.items()},
-            "oof_score": ens.score, "threshold": ens.threshold, "threshold_rule": ens.threshold_rule,
+            "oof_score": ens.score, "thresholds": ens.thresholds, "threshold_rules": ens.threshold_rules,
             "best_single_trial": ens.best_single,
             "best_single_score": ens.best_single_score, "greedy_history": ens.history}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -23,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import AUGMENTS, tta_views
 from .losses import LOSSES
-from .metrics import METRICS, is_better
+from .metrics import is_better
 from .models import MODEL_FAMILIES, normalisation
 from .paths import atomic_write_text
 from .sampling import IMBALANCE, Drawing
+from .targets import MultiHeadLoss, Targets
 
 
 @dataclass
@@ -36,7 +38,7 @@ class TrialConfig:
     backbone: str
     image_size: int
     augment: str
-    loss: str
+    loss: List[str]  # one per head
     imbalance: str
     lr: float
     weight_decay: float
@@ -49,7 +51,7 @@ class TrialConfig:
     channels: int
     orientation: str
     metric: str
-    num_classes: int
+    num_classes: int  # outputs of all heads together
     num_workers: int = 0
     model_family: str = "timm_classifier"
 
@@ -72,16 +74,17 @@ class FoldResult:
 
 
 class ArrayDataset(Dataset):
-    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors.
+    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors
+    (with their labels, one per head, when `labels` is given).
 
-    `extra` is applied after `transform` to images whose label is in `extra_for`.
+    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`.
     """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
-                 transform: Optional[Callable] = None, extra_for: frozenset = frozenset(),
-                 extra: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, keys: Optional[np.ndarray] = None,
+                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None) -> None:
         self.images, self.index, self.labels, self.transform = images, index, labels, transform
-        self.extra_for, self.extra = extra_for, extra
+        self.keys, self.extra_for, self.extra = keys, extra_for, extra
 
     def __len__(self) -> int:
         return len(self.index)
@@ -90,22 +93,24 @@ class ArrayDataset(Dataset):
         img = self.images[self.index[i]]
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        if self.extra is not None and int(self.labels[self.index[i]]) in self.extra_for:
+        if self.extra is not None and int(self.keys[self.index[i]]) in self.extra_for:
             img = self.extra(image=img)["image"]
         img = img[:, :, None] if img.ndim == 2 else img
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        return x if self.labels is None else (x, int(self.labels[self.index[i]]))
+        return x if self.labels is None else (x, torch.from_numpy(self.labels[self.index[i]]))
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit_fold(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
              val_idx: np.ndarray, test_images: np.ndarray, fold: int, out_dir: Path,
              on_epoch: Optional[Callable[[int, float], None]] = None,
              record: Optional[dict] = None) -> FoldResult:
     """Train on `train_idx`, early-stop on the metric over `val_idx`, save and return predictions.
+
+    `y` is N × H (one column per head); the predictions are N × ΣC, a softmax per head.
 
     `record` is merged into done.json (the search stores the test listing's hash there).
     """
@@ -117,12 +122,13 @@ def fit_fold(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.
                                                  cfg.pretrained)
     model = model.to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
-    metric = METRICS.get(cfg.metric)
-    drawing = IMBALANCE.get(cfg.imbalance)(y[train_idx], cfg.num_classes, cfg.batch_size,
+    keys = targets.stratify_key(y)
+    drawing = IMBALANCE.get(cfg.imbalance)(keys[train_idx], int(keys.max()) + 1, cfg.batch_size,
                                            torch.Generator().manual_seed(cfg.seed + fold))
-    weight = None if drawing.class_weight is None else torch.tensor(drawing.class_weight, device=dev)
-    loss_fn = LOSSES.get(cfg.loss)(weight).to(dev)
-    train_loader = _train_loader(cfg, images, y, train_idx, drawing, dev)
+    loss_fn = _loss(cfg, targets, y[train_idx]).to(dev)
+    train_loader = _train_loader(cfg, images, y, keys, train_idx, drawing, dev)
+    predict = functools.partial(predict_proba, model, activate=targets.activate, mean=mean, std=std,
+                                batch_size=cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(train_loader))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -147,13 +153,13 @@ def fit_fold(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.
             scaler.update()
             schedule.step()
             losses.append(loss.item())
-        proba = predict_proba(model, images, val_idx, ["id"], mean, std, cfg.batch_size)
-        val_loss = nll(y[val_idx], proba)
-        score = metric(y[val_idx], proba)
+        proba = predict(images, val_idx, ["id"])
+        val_loss = targets.nll(y[val_idx], proba)
+        score = targets.score(y[val_idx], proba)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                         cfg.metric: score, "seconds": round(time.time() - t0, 3)})
         tie = score == best_score or (best_score is not None and np.isnan(score) and np.isnan(best_score))
-        if is_better(score, best_score, metric.direction) or (tie and val_loss < best_loss) \
+        if is_better(score, best_score, targets.direction) or (tie and val_loss < best_loss) \
                 or best_state is None:
             best_score, best_loss, best_epoch, stale = score, val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -166,19 +172,19 @@ def fit_fold(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.
 
     model.load_state_dict(best_state)
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
-    oof = predict_proba(model, images, val_idx, views, mean, std, cfg.batch_size)
-    test = predict_proba(model, test_images, np.arange(len(test_images)), views, mean, std,
-                         cfg.batch_size)
-    result = FoldResult(fold=fold, score=metric(y[val_idx], oof), val_index=val_idx, oof=oof,
-                        test=test, best_epoch=best_epoch + 1, val_loss=nll(y[val_idx], oof),
+    oof = predict(images, val_idx, views)
+    test = predict(test_images, np.arange(len(test_images)), views)
+    result = FoldResult(fold=fold, score=targets.score(y[val_idx], oof), val_index=val_idx, oof=oof,
+                        test=test, best_epoch=best_epoch + 1, val_loss=targets.nll(y[val_idx], oof),
                         seconds=time.time() - start)
     save_fold(out_dir, result, model, pd.DataFrame(history), cfg, record or {})
     return result
 
 
 def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray, views: List[str],
-                  mean: torch.Tensor, std: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Softmax probabilities averaged over flip views, len(index) × C."""
+                  activate: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
+                  std: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Probabilities (`activate`d logits) averaged over flip views, len(index) × C."""
     dev = mean.device
     loader = DataLoader(ArrayDataset(images, index), batch_size=max(batch_size, 64), shuffle=False,
                         pin_memory=dev.type == "cuda")
@@ -189,13 +195,9 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray,
                                                 enabled=amp is not None):
         for x in loader:
             x = _to_input(x, mean, std, dev)
-            p = sum(model(_view(x, v)).float().softmax(1) for v in views) / len(views)
+            p = sum(activate(model(_view(x, v))) for v in views) / len(views)
             out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-
-
-def nll(y: np.ndarray, proba: np.ndarray) -> float:
-    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)).mean())
 
 
 def save_fold(out_dir: Path, result: FoldResult, model: torch.nn.Module, history: pd.DataFrame,
@@ -229,7 +231,7 @@ def load_fold(out_dir: Path, digest: Optional[str] = None) -> Optional[FoldResul
                       val_loss=done["val_loss"], seconds=done["seconds"], reused=True)
 
 
-def predict_from_checkpoint(cfg: TrialConfig, out_dir: Path, images: np.ndarray) -> np.ndarray:
+def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, images: np.ndarray) -> np.ndarray:
     """Re-predict `images` with a fold's saved model (used when the test set changed since training)."""
     dev = device()
     model = MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, False)
@@ -237,15 +239,26 @@ def predict_from_checkpoint(cfg: TrialConfig, out_dir: Path, images: np.ndarray)
     model = model.float().to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
-    return predict_proba(model, images, np.arange(len(images)), views, mean, std, cfg.batch_size)
+    return predict_proba(model, images, np.arange(len(images)), views, targets.activate, mean, std,
+                         cfg.batch_size)
 
 
-def _train_loader(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
-                  drawing: Drawing, dev: torch.device) -> DataLoader:
+def _loss(cfg: TrialConfig, targets: Targets, y_train: np.ndarray) -> torch.nn.Module:
+    """Each head's loss, weighted by class when the imbalance handling says so (training labels only)."""
+    losses = []
+    for i, (head, name) in enumerate(zip(targets.heads, cfg.loss)):
+        weight = IMBALANCE.get(cfg.imbalance)(y_train[:, i], len(head.classes), cfg.batch_size,
+                                              torch.Generator()).class_weight
+        losses.append(LOSSES.get(name)(None if weight is None else torch.tensor(weight)))
+    return MultiHeadLoss(targets, losses)
+
+
+def _train_loader(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, keys: np.ndarray,
+                  train_idx: np.ndarray, drawing: Drawing, dev: torch.device) -> DataLoader:
     """Batches of the training fold, drawn as the trial's imbalance handling says."""
     extra = A.D4(p=1.0) if drawing.d4_classes else None
     dataset = ArrayDataset(images, train_idx, y, AUGMENTS.get(cfg.augment)(cfg.orientation),
-                           extra_for=drawing.d4_classes, extra=extra)
+                           keys=keys, extra_for=drawing.d4_classes, extra=extra)
     common = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                   pin_memory=dev.type == "cuda")
     if drawing.batch_sampler is not None:

@@ -17,11 +17,11 @@ from harness.train import TrialConfig, _train_loader
 def rows_drawn(imbalance, y, train_idx, epochs=3):
     """Which rows of `y` one training loader yields (each image's pixels hold its row number)."""
     images = np.repeat(np.arange(len(y), dtype=np.uint8), 16).reshape(len(y), 4, 4, 1)
-    cfg = TrialConfig(backbone="resnet10t", image_size=4, augment="none", loss="ce", imbalance=imbalance,
+    cfg = TrialConfig(backbone="resnet10t", image_size=4, augment="none", loss=["ce"], imbalance=imbalance,
                       lr=1e-3, weight_decay=0.0, batch_size=8, epochs=1, patience=1, pretrained=False,
                       tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
     drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
-    loader = _train_loader(cfg, images, y, train_idx, drawing, torch.device("cpu"))
+    loader = _train_loader(cfg, images, y[:, None], y, train_idx, drawing, torch.device("cpu"))
     drawn = [int(v) for _ in range(epochs) for x, _ in loader for v in x[:, 0, 0, 0]]
     return np.array(drawn), drawing
 
@@ -94,7 +94,7 @@ def test_threshold_is_fitted_on_oof_and_applied_at_submit(defects, cli, tmp_path
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     out = cli("submit", comp, "--run-dir", run_dir).output
     record = json.loads((run_dir / "ensemble.json").read_text())
-    assert record["threshold_rule"] == "best OOF macro_f1"
+    assert record["threshold_rules"] == {"label": "best OOF macro_f1"}
 
     folds = [run_dir / "trials" / "t0000" / f"fold{k}" for k in range(2)]
     oof = np.zeros((60, 2), np.float32)
@@ -102,7 +102,8 @@ def test_threshold_is_fitted_on_oof_and_applied_at_submit(defects, cli, tmp_path
         oof[np.load(f / "val_index.npy")] = np.load(f / "oof.npy")
     labels = pd.read_csv(run_dir / "folds.csv")["label"].astype(int).to_numpy()
     threshold, score = fit_threshold("macro_f1", labels, oof)
-    assert record["threshold"] == pytest.approx(threshold) and record["oof_score"] == pytest.approx(score)
+    assert record["thresholds"]["label"] == pytest.approx(threshold)
+    assert record["oof_score"] == pytest.approx(score)
 
     test = np.mean([np.load(f / "test.npy") for f in folds], axis=0)
     expected = (test[:, 1] >= threshold).astype(int)  # test rows are in sorted file order
@@ -120,8 +121,9 @@ def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
     out = cli("submit", comp, "--run-dir", run_dir).output
     assert "(Youden index on OOF): sensitivity" in out
     record = json.loads((run_dir / "ensemble.json").read_text())
-    assert record["threshold_rule"] == "Youden index on OOF"
-    assert 0 <= record["sensitivity"] <= 1 and 0 <= record["specificity"] <= 1
+    assert record["threshold_rules"] == {"label": "Youden index on OOF"}
+    figures = record["heads"]["label"]
+    assert 0 <= figures["sensitivity"] <= 1 and 0 <= figures["specificity"] <= 1
     assert (run_dir / "roc.png").read_bytes()[:4] == b"\x89PNG"
     page = (run_dir / "report.html").read_text()
     assert 'src="roc.png"' in page and "Youden index on OOF" in page and "true 1" in page

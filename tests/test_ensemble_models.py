@@ -7,6 +7,11 @@ import torch
 from harness.ensemble import TrialPredictions, build_ensemble
 from harness.losses import LOSSES
 from harness.metrics import METRICS, fit_threshold
+from harness.targets import Head, Targets
+
+
+def one_head(metric, n_classes):
+    return Targets([Head("label", [str(c) for c in range(n_classes)], metric, 0)])
 from harness.models import timm_classifier
 
 
@@ -27,11 +32,11 @@ def test_greedy_ensemble_combines_complementary_trials():
     c_right = np.arange(300) % 3 != 2
     preds = [TrialPredictions(n, float(np.mean(r)), one_hot_noisy(y, r, 3, rng), np.zeros((5, 3)))
              for n, r in enumerate([a_right, b_right, c_right])]
-    ens = build_ensemble(preds, y, "accuracy")
+    ens = build_ensemble(preds, y[:, None], one_head("accuracy", 3))
     assert ens.best_single_score == pytest.approx(2 / 3, abs=0.01)
     assert ens.score == pytest.approx(1.0)  # where one is wrong, a surer one is right
     assert len(ens.weights) >= 2 and sum(ens.weights.values()) == pytest.approx(1.0)
-    assert ens.threshold is None  # multiclass: argmax
+    assert ens.thresholds == {}  # multiclass: argmax
 
 
 def test_binary_threshold_is_fitted_on_oof():
@@ -43,8 +48,8 @@ def test_binary_threshold_is_fitted_on_oof():
     assert METRICS.get("macro_f1")(y, proba) < 0.5
     threshold, score = fit_threshold("macro_f1", y, proba)
     assert 0.19 <= threshold <= 0.2 + 1e-9 and score == pytest.approx(1.0)
-    ens = build_ensemble([TrialPredictions(0, 0.4, proba, np.zeros((3, 2)))], y, "macro_f1")
-    assert ens.threshold == pytest.approx(threshold) and ens.score == pytest.approx(1.0)
+    ens = build_ensemble([TrialPredictions(0, 0.4, proba, np.zeros((3, 2)))], y[:, None], one_head("macro_f1", 2))
+    assert ens.thresholds["label"] == pytest.approx(threshold) and ens.score == pytest.approx(1.0)
 
 
 def test_log_loss_ensemble_minimises():
@@ -52,7 +57,7 @@ def test_log_loss_ensemble_minimises():
     sure = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
     unsure = np.full((4, 2), 0.5)
     ens = build_ensemble([TrialPredictions(0, 0.69, unsure, unsure), TrialPredictions(1, 0.1, sure, sure)],
-                         y, "log_loss")
+                         y[:, None], one_head("log_loss", 2))
     assert ens.best_single == 1 and ens.weights == {1: 1.0}
 
 
@@ -80,3 +85,26 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
 def test_missing_local_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         timm_classifier("resnet10t", 2, 3, pretrained=str(tmp_path / "nowhere.pth"))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
+def test_fast_threshold_fit_matches_the_metric(metric):
+    rng = np.random.default_rng(1)
+    y = (rng.uniform(size=300) < 0.15).astype(int)
+    p1 = np.clip(0.3 * y + rng.normal(0.3, 0.15, 300), 0, 1)
+    proba = np.stack([1 - p1, p1], 1)
+    threshold, score = fit_threshold(metric, y, proba)
+    assert score == pytest.approx(METRICS.get(metric)(y, proba, threshold))
+    grid = np.linspace(0, 1, 501)
+    assert score >= max(METRICS.get(metric)(y, proba, t) for t in grid) - 0.02
+
+
+def test_ensemble_is_never_worse_than_its_best_single_after_thresholds():
+    rng = np.random.default_rng(2)
+    y = (rng.uniform(size=400) < 0.1).astype(int)
+    preds = []
+    for n in range(4):  # low-confidence positives: argmax finds none, a cut-off finds most
+        p1 = np.clip(0.25 * y + rng.normal(0.15, 0.08, 400), 0, 1)
+        preds.append(TrialPredictions(n, 0.47, np.stack([1 - p1, p1], 1), np.zeros((2, 2))))
+    ens = build_ensemble(preds, y[:, None], one_head("macro_f1", 2))
+    assert ens.score >= ens.best_single_score > 0.6

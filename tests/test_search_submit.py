@@ -45,7 +45,7 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
     assert set(sub["animal"]) <= {"cat", "dog"}
     record = json.loads((run_dir / "ensemble.json").read_text())
     assert abs(sum(record["weights"].values()) - 1) < 1e-6
-    assert record["threshold"] is not None  # binary accuracy: threshold fitted on OOF
+    assert set(record["thresholds"]) == {"label"}  # binary accuracy: threshold fitted on OOF
     page = (run_dir / "report.html").read_text()
     assert "best single trial" in page and page.count("<tr>") >= 2 + 2  # confusion rows + trial rows
 
