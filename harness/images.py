@@ -1,13 +1,20 @@
-"""Reading images as competitors really have them, and decoding each one once per process.
+"""Reading images as competitors really have them, and decoding each one once per run.
 
 PIL sniffs the format from the bytes, so a PNG named `.jpg` loads; modes are normalised to
 greyscale or RGB; 16-bit images are rescaled to 8 bits. A file PIL cannot decode is reported
 by name before training starts.
+
+Decoded images are cached per (file list, size, channels) as one uint8 .npy array on disk,
+memory-mapped by every trial, fold, process and DataLoader worker. The cache key includes each
+file's size and modification time, so a changed file gets a new cache; old entries are removed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import lru_cache
-from typing import Sequence, Tuple
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -42,17 +49,56 @@ def read_resized(path: str, size: int, channels: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def load_resized(paths: Sequence[str], size: int, channels: int) -> np.ndarray:
-    """All `paths` as one uint8 array N×size×size×C, decoded once per process and size."""
-    return _load_resized(tuple(paths), size, channels)
+CACHE_VERSION = 1  # bump when decoding changes
+
+
+def load_resized(paths: Sequence[str], size: int, channels: int,
+                 cache_dir: Optional[Path] = None) -> np.ndarray:
+    """All `paths` as one uint8 array N×size×size×C: from the disk cache (memory-mapped) if
+    `cache_dir` is given, else decoded once per process."""
+    if cache_dir is None:
+        return _decode_all(tuple(paths), size, channels)
+    return _cached(tuple(paths), size, channels, str(cache_dir))
+
+
+def cache_key(paths: Sequence[str], size: int, channels: int) -> str:
+    digest = hashlib.sha1(f"v{CACHE_VERSION} {size} {channels}".encode())
+    for p in paths:
+        st = os.stat(p)
+        digest.update(f"\n{p} {st.st_size} {st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
 
 
 @lru_cache(maxsize=8)
-def _load_resized(paths: Tuple[str, ...], size: int, channels: int) -> np.ndarray:
+def _decode_all(paths: Tuple[str, ...], size: int, channels: int) -> np.ndarray:
     arrays = Parallel(n_jobs=-1, prefer="threads")(
         delayed(read_resized)(p, size, channels) for p in paths
     )
     return np.stack(arrays) if arrays else np.zeros((0, size, size, channels), np.uint8)
+
+
+@lru_cache(maxsize=16)
+def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) -> np.ndarray:
+    folder = Path(cache_dir)
+    prefix = f"{len(paths)}x{size}x{size}x{channels}-"
+    path = folder / f"{prefix}{cache_key(paths, size, channels)}.npy"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
+        Parallel(n_jobs=-1, prefer="threads")(delayed(_decode_into)(out, i, p, size, channels)
+                                              for i, p in enumerate(paths))
+        out.flush()
+        del out
+        tmp.replace(path)
+        for stale in folder.glob(f"{prefix}*.npy"):  # the same listing before a file changed
+            if stale != path and ".tmp" not in stale.name:
+                stale.unlink(missing_ok=True)
+    return np.load(path, mmap_mode="r")
+
+
+def _decode_into(out: np.ndarray, i: int, path: str, size: int, channels: int) -> None:
+    out[i] = read_resized(path, size, channels)
 
 
 def probe_images(paths: Sequence[str]) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 runs/<name>/
     study.db                      Optuna storage (default; --storage picks another, remembered in study.url)
     folds.csv                     fold of each training image, fixed for the whole study
+    cache/                        decoded images per (listing, size, channels), memory-mapped .npy
     trials/t0007/config.json      the trial's resolved configuration
     trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, test.npy,
                                   model.pt, history.csv
@@ -37,6 +38,10 @@ class RunPaths:
     @property
     def folds_csv(self) -> Path:
         return self.root / "folds.csv"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
 
     @property
     def ensemble_json(self) -> Path:

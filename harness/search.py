@@ -111,7 +111,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     data = prepare_data(run)
     # Decode every image once now: a bad file is reported before any training starts.
     for paths in (data.samples.train["path"], data.samples.test["path"]):
-        load_resized(paths.tolist(), min(run.spec.search.image_size), data.channels)
+        load_resized(paths.tolist(), min(run.spec.search.image_size), data.channels, run.paths.cache_dir)
     study = open_study(run, create=True)
     _check_fingerprint(study, run, data)
     for number in retry_interrupted(study):
@@ -229,8 +229,9 @@ class Objective:
 
     def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
         samples, fold = self.data.samples, self.data.fold
-        images = load_resized(samples.train["path"].tolist(), cfg.image_size, cfg.channels)
-        test_images = load_resized(samples.test["path"].tolist(), cfg.image_size, cfg.channels)
+        cache = self.run.paths.cache_dir
+        images = load_resized(samples.train["path"].tolist(), cfg.image_size, cfg.channels, cache)
+        test_images = load_resized(samples.test["path"].tolist(), cfg.image_size, cfg.channels, cache)
         results: List[FoldResult] = []
         for k in range(self.run.spec.folds):
             out_dir = self.run.paths.fold_dir(owner, k)

@@ -74,7 +74,7 @@ def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored:
     if read_done(out_dir).get("test_hash") == data.test_hash:
         return stored
     cfg = TrialConfig(**json.loads((run.paths.trial_dir(owner) / "config.json").read_text()))
-    images = load_resized(data.samples.test["path"].tolist(), cfg.image_size, cfg.channels)
+    images = load_resized(data.samples.test["path"].tolist(), cfg.image_size, cfg.channels, run.paths.cache_dir)
     return predict_from_checkpoint(cfg, data.targets, out_dir, images)
 
 

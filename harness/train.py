@@ -90,7 +90,7 @@ class ArrayDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int):
-        img = self.images[self.index[i]]
+        img = np.array(self.images[self.index[i]])  # a writable copy of the (memory-mapped) row
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         if self.extra is not None and int(self.keys[self.index[i]]) in self.extra_for:
