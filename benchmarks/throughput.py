@@ -29,7 +29,7 @@ from torchvision import transforms
 from harness import open_run
 from harness.images import load_resized
 from harness.search import prepare_data
-from harness.train import TrialConfig, _amp_dtype, device, fit_fold
+from harness.train import TrialConfig, _amp_dtype, default_workers, device, fit_fold
 
 ON_GPU = torch.cuda.is_available()
 
@@ -43,7 +43,7 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
                       imbalance="none", lr=1e-3, weight_decay=1e-4, batch_size=batch, epochs=epochs,
                       patience=epochs, pretrained=False, tta=False, seed=0, channels=data.channels,
                       orientation=run.spec.orientation, metric=run.spec.metric,
-                      num_classes=data.targets.width, num_workers=run.spec.search.num_workers)
+                      num_classes=data.targets.width, num_workers=default_workers())
     train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
     fit_fold(cfg, data.targets, images, data.samples.y, train_idx, val_idx, test_images, 0, out)
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()

@@ -33,7 +33,7 @@ from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, to_dict
 from .targets import Targets, targets_for
-from .train import FoldResult, TrialConfig, device, fit_fold, load_fold
+from .train import FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -186,7 +186,8 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         epochs=trial.suggest_categorical("epochs", s.epochs),
         patience=s.patience, pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
-        num_classes=data.targets.width, num_workers=s.num_workers,
+        num_classes=data.targets.width,
+        num_workers=default_workers() if s.num_workers is None else s.num_workers,
     )
 
 

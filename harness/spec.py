@@ -82,7 +82,7 @@ class SearchSpace:
     pretrained: Union[bool, str] = True  # true: timm hub / offline cache; a path: local weights
     pruner: str = field(default="median", metadata=_choices("harness.search:PRUNERS"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # DataLoader workers; default 0 on CPU, up to 8 on GPU
 
 
 @dataclass

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,9 @@ class TrialConfig:
     model_family: str = "timm_classifier"
 
     def digest(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        # how many workers load the data does not change what is trained
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "num_workers"}
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -102,6 +105,11 @@ class ArrayDataset(Dataset):
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_workers() -> int:
+    """DataLoader workers: none on CPU (they would compete with training), up to 8 feeding a GPU."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if device().type == "cuda" else 0
 
 
 def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,

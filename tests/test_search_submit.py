@@ -158,3 +158,9 @@ def test_pruned_trials_count_as_finished_and_keep_their_folds(class_folder_compe
         assert (run_dir / "trials" / f"t{t.number:04d}" / "fold0" / "done.json").is_file()
         assert not (run_dir / "trials" / f"t{t.number:04d}" / "fold1").exists()
     assert "no complete trial to ensemble yet" in cli("submit", comp, "--run-dir", run_dir, ok=False).output
+
+
+def test_timeout_stops_starting_trials(class_folder_competition, cli, tmp_path):
+    out = cli("search", class_folder_competition(), "--run-dir", tmp_path / "r", "--trials", "50",
+              "--timeout", "0.5").output
+    assert "timeout: 1 of 50 trials finished" in out
