@@ -2,7 +2,8 @@
 
 Flips follow the spec's `orientation`: `fixed` (no flips: digits, text), `hflip` (mirror
 images are valid), `free` (all 8 D4 flips/rotations: micrographs, tiles). Images arrive
-already resized, so policies never change the size.
+already resized, so policies never change the size. For segmentation the same policy is
+applied to image and mask together, followed by a random crop.
 """
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ def heavy(orientation: str) -> A.Compose:
         A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
                         hole_width_range=(0.05, 0.15), p=0.5),
+    ])
+
+
+@AUGMENTS.register("elastic")
+def elastic(orientation: str) -> A.Compose:
+    """Flips + elastic deformation + brightness/contrast (EM and tissue images)."""
+    return A.Compose(flips(orientation) + [
+        A.ElasticTransform(alpha=30, sigma=6, p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
     ])
 
 

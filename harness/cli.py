@@ -85,7 +85,7 @@ def status(run: Run) -> None:
     from .report import leaderboard
     from .search import open_study
 
-    table = leaderboard(open_study(run, create=False), run.spec.metric)
+    table = leaderboard(open_study(run, create=False))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         click.echo(table.to_string(index=False) if not table.empty else "no trials yet")
 

@@ -8,11 +8,11 @@ index (AUC and log-loss competitions report it; label submissions use it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 
-from .metrics import METRICS, fit_threshold, is_better, youden_cutoff
+from .metrics import is_better
 from .targets import Targets
 
 
@@ -39,23 +39,6 @@ class Ensemble:
         return sum(w * by_trial[n] for n, w in self.weights.items())
 
 
-def fit_cutoffs(targets: Targets, y: np.ndarray, oof: np.ndarray,
-                youden: bool = True) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Per binary head: the OOF-optimal threshold for a label metric, else (if `youden`) the Youden cut-off."""
-    thresholds, rules = {}, {}
-    for i, head in enumerate(targets.heads):
-        if not head.binary or len(np.unique(y[:, i])) < 2:
-            continue
-        proba = oof[:, head.cols]
-        if METRICS.get(head.metric).uses_threshold:
-            thresholds[head.name] = fit_threshold(head.metric, y[:, i], proba)[0]
-            rules[head.name] = f"best OOF {head.metric}"
-        elif youden:
-            thresholds[head.name] = youden_cutoff(y[:, i], proba[:, 1])[0]
-            rules[head.name] = "Youden index on OOF"
-    return thresholds, rules
-
-
 def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Targets,
                    max_rounds: int = 25) -> Ensemble:
     """Greedy selection on the post-processed OOF score, so thresholds count and the ensemble
@@ -63,7 +46,7 @@ def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Target
     direction = targets.direction
 
     def score(oof: np.ndarray) -> float:
-        return targets.score(y, oof, fit_cutoffs(targets, y, oof, youden=False)[0])
+        return targets.score(y, oof, targets.fit_cutoffs(y, oof, youden=False)[0])
 
     singles = [(score(p.oof), p) for p in preds]
     single_score, single = max(singles, key=lambda sp: sp[0] if direction == "maximize" else -sp[0])
@@ -86,7 +69,7 @@ def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Target
         history.append(best)
     size = sum(counts.values())
     oof = (total / size).astype(np.float32)
-    thresholds, rules = fit_cutoffs(targets, y, oof)
+    thresholds, rules = targets.fit_cutoffs(y, oof)
     return Ensemble(weights={n: c / size for n, c in counts.items()}, oof=oof,
                     score=targets.score(y, oof, thresholds), best_single=single.number,
                     best_single_score=single_score, thresholds=thresholds, threshold_rules=rules,

@@ -12,11 +12,16 @@ from .layouts import Samples
 from .spec import SpecError
 
 
-def make_folds(samples: Samples, n_folds: int, seed: int) -> np.ndarray:
-    """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold.
+def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified") -> np.ndarray:
+    """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold;
+    `blocks`: contiguous runs of rows in listing order (neighbouring slices of a volume).
 
     Stratified on the label, or on the combination of labels when there are several heads.
     """
+    if by == "blocks":
+        if len(samples.train) < n_folds:
+            raise SpecError(f"folds: {n_folds} blocks need at least {n_folds} samples")
+        return np.arange(len(samples.train)) * n_folds // len(samples.train)
     y = pd.factorize(samples.train["label"])[0]
     groups = samples.train["group"]
     has_groups = groups.notna().any()
@@ -51,7 +56,8 @@ def listing_hash(paths: pd.Series) -> str:
     return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
 
 
-def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int) -> pd.DataFrame:
+def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
+                       by: str = "stratified") -> pd.DataFrame:
     """The run's folds: read from `path` if it exists (checked against the data), else made and saved."""
     if path.is_file():
         table = pd.read_csv(path, dtype={"listed": str, "label": str, "group": str})
@@ -64,7 +70,7 @@ def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int) ->
                 f"{path}: has {table['fold'].nunique()} folds, the spec asks {n_folds}; use a new --run-dir"
             )
         return table
-    table = folds_table(samples, make_folds(samples, n_folds, seed))
+    table = folds_table(samples, make_folds(samples, n_folds, seed, by))
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path.with_suffix(".tmp"), index=False)
     path.with_suffix(".tmp").replace(path)

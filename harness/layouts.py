@@ -54,18 +54,27 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         raise SpecError(f"{data_root / spec.train.images}: no training images found")
     if test.empty:
         raise SpecError(f"{data_root / spec.test.images}: no test images found")
+    if spec.task == "segmentation":
+        return Samples(train=train.reset_index(drop=True), test=_with_ids(test, spec),
+                       heads={"mask": ["background", "positive"]}, y=np.zeros((len(train), 1), int),
+                       data_root=data_root)
     columns = {t: f"label.{t}" for t in spec.train.targets} or {spec.train.target or "label": "label"}
     heads = {name: _ordered_classes(train[col], spec) for name, col in columns.items()}
     y = np.stack([train[col].map({c: i for i, c in enumerate(heads[name])}).to_numpy(int)
                   for name, col in columns.items()], axis=1)
+    return Samples(train=train.reset_index(drop=True), test=_with_ids(test, spec),
+                   heads=heads, y=y, data_root=data_root)
+
+
+def _with_ids(test: pd.DataFrame, spec: "Competition") -> pd.DataFrame:
+    test = test.reset_index(drop=True)
     test["id"] = [_derive_id(v, spec.submission.id_from) for v in test["listed"]]
     dup = test["id"][test["id"].duplicated()]
     if not dup.empty:
         raise SpecError(
             f"test ids are not unique with submission.id_from={spec.submission.id_from}: {dup.iloc[0]!r}"
         )
-    return Samples(train=train.reset_index(drop=True), test=test.reset_index(drop=True),
-                   heads=heads, y=y, data_root=data_root)
+    return test
 
 
 def _ordered_classes(labels: pd.Series, spec: "Competition") -> List[str]:
@@ -174,6 +183,55 @@ def csv_listing(section: "DataSection", root: Path, labelled: bool) -> pd.DataFr
             table[targets].apply(lambda r: "|".join(f"{t}={r[t]}" for t in targets), axis=1).to_list()
     out["group"] = table[section.groups].agg("|".join, axis=1).to_list() if section.groups else None
     return out
+
+
+@LAYOUTS.register("tiff_volume")
+def tiff_volume(section: "DataSection", root: Path, labelled: bool) -> pd.DataFrame:
+    """Each page of a multi-page TIFF (`volume`) is a sample; `labels` is the TIFF of its masks."""
+    what = "train" if labelled else "test"
+    if not section.volume or (labelled and not section.labels):
+        raise SpecError(f"{what}: the tiff_volume layout needs 'volume'" + (" and 'labels'" if labelled else ""))
+    volume = _page_count(root / section.volume, f"{what}.volume")
+    out = pd.DataFrame({"path": str(root / section.volume), "page": np.arange(volume),
+                        "listed": [str(i) for i in range(volume)]})
+    if labelled:
+        labels = _page_count(root / section.labels, f"{what}.labels")
+        if labels != volume:
+            raise SpecError(f"{what}.labels: {labels} pages, but the volume has {volume}")
+        out = out.assign(mask_path=str(root / section.labels), mask_page=out["page"], label="mask")
+    return out.assign(group=None)
+
+
+def _page_count(path: Path, what: str) -> int:
+    import tifffile
+
+    if not path.is_file():
+        raise SpecError(f"{what}: {path} does not exist")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages)
+    except Exception as err:  # noqa: BLE001 - tifffile raises many kinds
+        raise SpecError(f"{what}: {path} is not a readable TIFF ({err})") from None
+
+
+@LAYOUTS.register("image_mask_pairs")
+def image_mask_pairs(section: "DataSection", root: Path, labelled: bool) -> pd.DataFrame:
+    """Images under `images`, each with a mask of the same file stem under `masks`."""
+    what = "train" if labelled else "test"
+    folder = _image_dir(section, root, what)
+    paths = _list_images(folder, section.extensions)
+    out = pd.DataFrame({"path": [str(p) for p in paths], "page": None,
+                        "listed": [str(p.relative_to(folder)) for p in paths]})
+    if labelled:
+        if not section.masks or not (root / section.masks).is_dir():
+            raise SpecError(f"{what}.masks: the image_mask_pairs layout needs a masks folder")
+        masks = {p.stem: p for p in _list_images(root / section.masks, section.extensions)}
+        missing = [p for p in paths if p.stem not in masks]
+        if missing:
+            raise SpecError(f"{what}: image {missing[0].name!r} has no mask named {missing[0].stem}.* "
+                            f"in {root / section.masks}")
+        out = out.assign(mask_path=[str(masks[p.stem]) for p in paths], mask_page=None, label="mask")
+    return out.assign(group=None)
 
 
 @PREPARERS.register("sklearn_digits")

@@ -12,12 +12,11 @@ from optuna.trial import TrialState
 
 from .ensemble import Ensemble
 from .images import probe_images
-from .metrics import METRICS
 from .paths import RunPaths
 from .search import SearchData
 
 
-def leaderboard(study: optuna.Study, metric_name: str) -> pd.DataFrame:
+def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, CV, fold scores, params, duration, note; best CV first."""
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -39,17 +38,20 @@ def leaderboard(study: optuna.Study, metric_name: str) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    ascending = METRICS.get(metric_name).direction == "minimize"
+    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
     return table.sort_values(["cv", "trial"], ascending=[ascending, True], na_position="last")
 
 
 def data_summary(data: SearchData) -> str:
     """Class counts, groups, folds and image sizes, as `harness validate` prints them."""
     s = data.samples
-    train_probe = probe_images(s.train["path"].tolist())
-    test_probe = probe_images(s.test["path"].tolist())
+    train_probe = probe_images(s.train["path"].unique().tolist())
+    test_probe = probe_images(s.test["path"].unique().tolist())
     lines = [f"data root: {s.data_root}"]
-    if len(s.heads) == 1:
+    if data.segmentation:
+        lines += [f"train: {len(s.train)} images with masks; test: {len(s.test)} images",
+                  f"masks: {data.y.shape[1]}x{data.y.shape[2]}, positive pixels {data.y.mean():.1%}"]
+    elif len(s.heads) == 1:
         counts = s.train["label"].value_counts().reindex(s.classes)
         lines += [f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
                   "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
@@ -79,13 +81,13 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
 
     Writes confusion_matrix*.csv (and roc*.png); returns the figures by head.
     """
-    y, targets = data.samples.y, data.targets
+    targets = data.targets
     labels = targets.labels(ens.oof, ens.thresholds)
-    single = len(targets.heads) == 1
+    arrays = targets.report_arrays(data.y, ens.oof, labels)
     out = {}
-    for i, head in enumerate(targets.heads):
-        tag = None if single else head.name
-        matrix = pd.DataFrame(skm.confusion_matrix(y[:, i], labels[:, i], labels=np.arange(len(head.classes))),
+    for head, truth, predicted, scores in arrays:
+        tag = None if len(arrays) == 1 else head.name
+        matrix = pd.DataFrame(skm.confusion_matrix(truth, predicted, labels=np.arange(len(head.classes))),
                               index=[f"true {c}" for c in head.classes],
                               columns=[f"pred {c}" for c in head.classes])
         matrix.to_csv(paths.confusion_csv(tag))
@@ -93,9 +95,10 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
         if head.name in ens.thresholds:
             tn, fp, fn, tp = matrix.to_numpy().ravel()
             figures.update(cutoff=ens.thresholds[head.name], cutoff_rule=ens.threshold_rules[head.name],
-                           sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)),
-                           roc=paths.roc_png(tag).name)
-            plot_roc(y[:, i], ens.oof[:, head.cols][:, 1], data.fold, figures["cutoff"], paths.roc_png(tag))
+                           sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)))
+            if scores is not None:
+                figures["roc"] = paths.roc_png(tag).name
+                plot_roc(truth, scores, data.fold, figures["cutoff"], paths.roc_png(tag))
         out[head.name] = figures
     return out
 
@@ -121,8 +124,9 @@ def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: 
         parts.append(f"<h2>{html.escape(head)}: OOF confusion matrix</h2>" + f["confusion_matrix"].to_html())
         if "cutoff" in f:
             parts.append(f"<p>cut-off {f['cutoff']:.4f} ({html.escape(f['cutoff_rule'])}): sensitivity "
-                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}</p>"
-                         f'<img src="{f["roc"]}" alt="ROC curves">')
+                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}</p>")
+        if "roc" in f:
+            parts.append(f'<img src="{f["roc"]}" alt="ROC curves">')
     parts.append("<h2>Trials</h2>" + board.to_html(index=False, na_rep=""))
     page = "<!doctype html><meta charset=utf-8><title>{}</title><style>body{{font-family:sans-serif}}" \
            "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>{}"

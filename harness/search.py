@@ -18,7 +18,8 @@ import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import optuna
@@ -32,6 +33,7 @@ from .metrics import METRICS
 from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, to_dict
+from .segmentation import SEG_METRICS, SegmentationTask, buildable, load_masks, load_native
 from .targets import Targets, targets_for
 from .train import FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 
@@ -68,10 +70,20 @@ class SearchData:
     """What every trial shares: the samples, their channels and the fixed folds."""
 
     samples: Samples
-    targets: Targets
+    targets: Targets  # or a SegmentationTask: the same interface
     channels: int
     fold: np.ndarray
     folds_hash: str
+    y: np.ndarray  # N × H class indices, or N × H × W masks
+    segmentation: bool = False
+
+    def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Train and test images: resized to `size` for classification, at their own size for masks."""
+        if self.segmentation:
+            return (load_native(self.samples.train, self.channels),
+                    load_native(self.samples.test, self.channels))
+        return tuple(load_resized(frame["path"].tolist(), size, self.channels, cache)
+                     for frame in (self.samples.train, self.samples.test))
 
     @property
     def test_hash(self) -> str:
@@ -84,14 +96,21 @@ def prepare_data(run: Run) -> SearchData:
     channels = run.spec.channels or infer_channels(
         probe_images(samples.train["path"].tolist())["mode"].tolist()
     )
-    table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed)
-    return SearchData(samples=samples, targets=targets_for(run.spec, samples.heads), channels=channels,
-                      fold=table["fold"].to_numpy(), folds_hash=folds_hash(table))
+    table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
+                               run.spec.fold_by)
+    segmentation = run.spec.task == "segmentation"
+    if segmentation:
+        targets, y = SegmentationTask.for_metric(run.spec.metric), load_masks(samples.train, run.spec.positive_value)
+    else:
+        targets, y = targets_for(run.spec, samples.heads), samples.y
+    return SearchData(samples=samples, targets=targets, channels=channels, fold=table["fold"].to_numpy(),
+                      folds_hash=folds_hash(table), y=y, segmentation=segmentation)
 
 
 def open_study(run: Run, create: bool) -> optuna.Study:
     storage = _storage(run.storage_url)
-    direction = METRICS.get(run.spec.metric).direction
+    registry = SEG_METRICS if run.spec.task == "segmentation" else METRICS
+    direction = registry.get(run.spec.metric).direction
     if not create:
         try:
             return optuna.load_study(study_name=run.study_name, storage=storage)
@@ -110,8 +129,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
     data = prepare_data(run)
     # Decode every image once now: a bad file is reported before any training starts.
-    for paths in (data.samples.train["path"], data.samples.test["path"]):
-        load_resized(paths.tolist(), min(run.spec.search.image_size), data.channels, run.paths.cache_dir)
+    data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True)
     _check_fingerprint(study, run, data)
     for number in retry_interrupted(study):
@@ -174,8 +192,15 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     s = run.spec.search
     heads = data.targets.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
+    if data.segmentation:
+        models = buildable(tuple(s.architectures), tuple(s.backbones), data.channels)
+        if not models:
+            raise SpecError("no combination of search.architectures and search.backbones builds")
+        backbone, family = trial.suggest_categorical("model", models), "smp"
+    else:
+        backbone, family = trial.suggest_categorical("backbone", s.backbones), "timm_classifier"
     return TrialConfig(
-        backbone=trial.suggest_categorical("backbone", s.backbones),
+        backbone=backbone, model_family=family,
         image_size=trial.suggest_categorical("image_size", s.image_size),
         augment=trial.suggest_categorical("augment", s.augment),
         loss=[trial.suggest_categorical(name, s.loss) for name in loss_names],
@@ -210,9 +235,9 @@ class Objective:
             atomic_write_text(trial_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner)
             oof = assemble_oof(results, len(self.data.fold))
-            cv = self.data.targets.score(self.data.samples.y, oof)
+            cv = self.data.targets.score(self.data.y, oof)
             if len(self.data.targets.heads) > 1:
-                trial.set_user_attr("head_scores", self.data.targets.head_scores(self.data.samples.y, oof))
+                trial.set_user_attr("head_scores", self.data.targets.head_scores(self.data.y, oof))
             trial.set_user_attr("seconds", round(time.time() - start, 1))
             return cv
         except optuna.TrialPruned:
@@ -229,17 +254,15 @@ class Objective:
             _release_memory()
 
     def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
-        samples, fold = self.data.samples, self.data.fold
-        cache = self.run.paths.cache_dir
-        images = load_resized(samples.train["path"].tolist(), cfg.image_size, cfg.channels, cache)
-        test_images = load_resized(samples.test["path"].tolist(), cfg.image_size, cfg.channels, cache)
+        fold = self.data.fold
+        images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
         results: List[FoldResult] = []
         for k in range(self.run.spec.folds):
             out_dir = self.run.paths.fold_dir(owner, k)
             result = load_fold(out_dir, cfg.digest())
             if result is None:
                 on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
-                result = fit_fold(cfg, self.data.targets, images, samples.y, np.flatnonzero(fold != k),
+                result = fit_fold(cfg, self.data.targets, images, self.data.y, np.flatnonzero(fold != k),
                                   np.flatnonzero(fold == k), test_images, k, out_dir, on_epoch,
                                   record={"test_hash": self.data.test_hash})
             results.append(result)
@@ -271,8 +294,8 @@ class Objective:
 
 
 def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
-    """Fold OOF arrays put back in sample order, n × C."""
-    oof = np.full((n, results[0].oof.shape[1]), np.nan, dtype=np.float32)
+    """Fold OOF arrays put back in sample order, n × C (or n × H × W)."""
+    oof = np.full((n,) + results[0].oof.shape[1:], np.nan, dtype=np.float32)
     for r in results:
         oof[r.val_index] = r.oof
     return oof

@@ -33,6 +33,9 @@ class DataSection:
     image_column: str = "path"
     target: Optional[str] = None  # csv layout: target column
     targets: List[str] = field(default_factory=list)  # csv layout, task multihead: one column per head
+    masks: Optional[str] = None  # image_mask_pairs: folder of masks, matched to images by file stem
+    volume: Optional[str] = None  # tiff_volume: multi-page TIFF of images
+    labels: Optional[str] = None  # tiff_volume: multi-page TIFF of label masks (train)
     classes: Optional[Dict[str, Any]] = None  # class_folders: folder name → label (others ignored)
     groups: List[str] = field(default_factory=list)  # columns whose combination is one group
     extensions: List[str] = field(
@@ -55,6 +58,7 @@ class Submission:
     target_column: str = "label"
     value: str = field(default="label", metadata={"choices": ["label", "probability"]})
     sample: Optional[str] = None  # sample submission, relative to the data root
+    format: str = field(default="csv", metadata={"choices": ["csv", "tiff", "png_folder", "rle_csv"]})
     columns: List[str] = field(default_factory=list)  # multihead: a column per head, in head order
     combined_column: Optional[str] = None  # multihead: also write the combined class index
 
@@ -62,14 +66,12 @@ class Submission:
 @dataclass
 class SearchSpace:
     backbones: List[str] = field(default_factory=lambda: ["resnet18", "efficientnet_b0"])
+    architectures: List[str] = field(default_factory=lambda: ["unet"])  # segmentation: smp decoders
     image_size: List[int] = field(default_factory=lambda: [224])
     augment: List[str] = field(
         default_factory=lambda: ["light", "medium"], metadata=_choices("harness.augment:AUGMENTS")
     )
-    loss: List[str] = field(
-        default_factory=lambda: ["ce", "label_smoothing", "focal"],
-        metadata=_choices("harness.losses:LOSSES"),
-    )
+    loss: List[str] = field(default_factory=lambda: ["ce", "label_smoothing", "focal"])  # checked per task
     imbalance: List[str] = field(
         default_factory=lambda: ["none", "class_weights", "oversample"],
         metadata=_choices("harness.sampling:IMBALANCE"),
@@ -88,10 +90,10 @@ class SearchSpace:
 @dataclass
 class Competition:
     name: str
-    task: str = field(metadata={"choices": ["binary", "multiclass", "multihead"]})
+    task: str = field(metadata={"choices": ["binary", "multiclass", "multihead", "segmentation"]})
     train: DataSection
     test: DataSection
-    metric: str = field(metadata=_choices("harness.metrics:METRICS"))
+    metric: str  # checked against the task's metrics: `harness list metrics` / `segmentation_metrics`
     submission: Submission = field(default_factory=Submission)
     search: SearchSpace = field(default_factory=SearchSpace)
     heads: Dict[str, HeadSpec] = field(default_factory=dict)  # multihead: per-head metric and weights
@@ -100,6 +102,9 @@ class Competition:
     channels: Optional[int] = field(default=None, metadata={"choices": [1, 3]})
     orientation: str = field(default="hflip", metadata={"choices": ["fixed", "hflip", "free"]})
     positive: Optional[str] = None  # binary: the positive class label (default: the last one)
+    positive_value: Optional[int] = None  # segmentation: mask value of the positive class (default: any > 0)
+    negative_value: Optional[int] = None  # segmentation: value written for other pixels (default 0 / 255)
+    fold_by: str = field(default="stratified", metadata={"choices": ["stratified", "blocks"]})
     data_root: Optional[str] = None  # relative to the competition folder
     prepare: Optional[str] = field(default=None, metadata=_choices("harness.layouts:PREPARERS"))
     description: str = ""
@@ -237,14 +242,13 @@ def _scalar(hint: Any, value: Any, key: str) -> Any:
 def _check_choice(value: Any, key: str, choices: Any) -> None:
     if choices is None or value is None:
         return
+    if hasattr(choices, "names"):
+        choices = choices.names()
     if isinstance(choices, str):
         module, attr = choices.split(":")
-        registry = getattr(__import__(module, fromlist=[attr]), attr)
-        allowed = registry.names()
-    else:
-        allowed = list(choices)
-    if value not in allowed:
-        raise SpecError(f"'{key}': unknown value {value!r} (allowed: {', '.join(map(str, allowed))})")
+        choices = getattr(__import__(module, fromlist=[attr]), attr).names()
+    if value not in choices:
+        raise SpecError(f"'{key}': unknown value {value!r} (allowed: {', '.join(map(str, choices))})")
 
 
 def _check_consistency(spec: Competition, path: Path) -> None:
@@ -264,7 +268,37 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     if spec.test.target is not None or spec.test.targets:
         raise SpecError(f"{path}: 'test.target': the test set has no target")
     _check_heads(spec, path)
+    _check_task_choices(spec, path)
     _check_backbones(s.backbones, path)
+
+
+def _check_task_choices(spec: Competition, path: Path) -> None:
+    """Loss, metric, architectures and submission format come from the task's own registries."""
+    from .losses import LOSSES
+    from .metrics import METRICS
+    from .segmentation import SEG_LOSSES, SEG_METRICS, architectures
+
+    segmentation = spec.task == "segmentation"
+    for key, registry, values in (("metric", SEG_METRICS if segmentation else METRICS, [spec.metric]),
+                                  ("search.loss", SEG_LOSSES if segmentation else LOSSES, spec.search.loss)):
+        for value in values:
+            _check_in(value, key, registry, path)
+    if segmentation:
+        for arch in spec.search.architectures:
+            _check_in(arch, "search.architectures", architectures(), path)
+        if spec.submission.format == "csv" or spec.search.imbalance != ["none"]:
+            raise SpecError(f"{path}: task segmentation writes submission.format tiff, png_folder or "
+                            "rle_csv, with search.imbalance [none]")
+    elif spec.submission.format != "csv" or spec.fold_by == "blocks":
+        raise SpecError(f"{path}: submission.format {spec.submission.format} and fold_by blocks are for "
+                        "task segmentation")
+
+
+def _check_in(value: Any, key: str, choices: Any, path: Path) -> None:
+    try:
+        _check_choice(value, key, choices)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
 
 
 def _check_heads(spec: Competition, path: Path) -> None:

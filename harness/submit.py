@@ -10,8 +10,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
-from .images import load_resized
 from .paths import Run, atomic_write_text
+from .segmentation import write_submission as write_masks
 from .report import leaderboard, oof_lines, oof_report, write_report_page
 from .search import SearchData, assemble_oof, open_study, prepare_data
 from .spec import Competition, SpecError
@@ -27,14 +27,18 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
                         "(pruned and failed trials are left out): run `harness search` first")
-    ens = build_ensemble(preds, data.samples.y, data.targets)
+    ens = build_ensemble(preds, data.y, data.targets)
     test = ens.blend({p.number: p.test for p in preds})
-    frame = submission_frame(run.spec, data.targets, data.samples.test["id"], test, ens.thresholds)
-    frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
     out = run.paths.submission(run.spec.submission.file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
-    out.with_name(out.name + ".tmp").replace(out)
+    if data.segmentation:
+        written = write_masks(run.spec, data.samples.test, data.targets.labels(test, ens.thresholds), out)
+    else:
+        frame = submission_frame(run.spec, data.targets, data.samples.test["id"], test, ens.thresholds)
+        frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
+        frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
+        out.with_name(out.name + ".tmp").replace(out)
+        written = f"{out} ({len(frame)} rows)"
     figures = oof_report(run.paths, data, ens)
     record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
                                                       for h, f in figures.items()}}
@@ -44,12 +48,12 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
                f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"]
     if len(data.targets.heads) > 1:
         summary.append("ensemble per head: " + ", ".join(
-            f"{h} {v:.4f}" for h, v in data.targets.head_scores(data.samples.y, ens.oof, ens.thresholds).items()))
+            f"{h} {v:.4f}" for h, v in data.targets.head_scores(data.y, ens.oof, ens.thresholds).items()))
     write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + oof_lines(figures)[:-1],
-                      figures, leaderboard(study, metric))
+                      figures, leaderboard(study))
     for line in summary + oof_lines(figures):
         echo(line)
-    echo(f"wrote {out} ({len(frame)} rows) and {run.paths.report_html}")
+    echo(f"wrote {written} and {run.paths.report_html}")
     return out
 
 
@@ -74,7 +78,7 @@ def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored:
     if read_done(out_dir).get("test_hash") == data.test_hash:
         return stored
     cfg = TrialConfig(**json.loads((run.paths.trial_dir(owner) / "config.json").read_text()))
-    images = load_resized(data.samples.test["path"].tolist(), cfg.image_size, cfg.channels, run.paths.cache_dir)
+    images = data.images(cfg.image_size, run.paths.cache_dir)[1]
     return predict_from_checkpoint(cfg, data.targets, out_dir, images)
 
 

@@ -1,5 +1,8 @@
 """What the model predicts: one or more classification heads on one shared backbone.
 
+`Targets` is the classification task as the fold loop, search, ensemble and report see it
+(`segmentation.SegmentationTask` has the same methods for masks).
+
 Every head's probabilities sit side by side in one N × ΣC array (head h owns the columns
 `h.cols`, a softmax of their own). Storage, OOF assembly, fold averaging and ensembling
 therefore handle one array, whatever the number of heads. Labels are N × H class indices.
@@ -8,13 +11,14 @@ A single-target competition is one head.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from .metrics import METRICS, predict_labels
+from .metrics import METRICS, fit_threshold, predict_labels, youden_cutoff
 
 if TYPE_CHECKING:
     from .spec import Competition
@@ -86,6 +90,50 @@ class Targets:
         if len(self.heads) == 1:
             return y[:, 0]
         return np.unique(y, axis=0, return_inverse=True)[1].ravel()
+
+    def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray,
+                    youden: bool = True) -> Tuple[Dict[str, float], Dict[str, str]]:
+        """Per binary head: the OOF-optimal threshold for a label metric, else (if `youden`) the Youden cut-off."""
+        thresholds, rules = {}, {}
+        for i, head in enumerate(self.heads):
+            if not head.binary or len(np.unique(y[:, i])) < 2:
+                continue
+            proba = oof[:, head.cols]
+            if METRICS.get(head.metric).uses_threshold:
+                thresholds[head.name] = fit_threshold(head.metric, y[:, i], proba)[0]
+                rules[head.name] = f"best OOF {head.metric}"
+            elif youden:
+                thresholds[head.name] = youden_cutoff(y[:, i], proba[:, 1])[0]
+                rules[head.name] = "Youden index on OOF"
+        return thresholds, rules
+
+    def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str, batch_size: int) -> nn.Module:
+        """Each head's loss, weighted by class when the imbalance handling says so (training labels only)."""
+        from .losses import LOSSES
+        from .sampling import IMBALANCE
+
+        losses = []
+        for i, (head, name) in enumerate(zip(self.heads, loss_names)):
+            weight = IMBALANCE.get(imbalance)(y_train[:, i], len(head.classes), batch_size,
+                                              torch.Generator()).class_weight
+            losses.append(LOSSES.get(name)(None if weight is None else torch.tensor(weight)))
+        return MultiHeadLoss(self, losses)
+
+    def train_dataset(self, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray, policy,
+                      size: int, drawing) -> Dataset:
+        """The training fold, augmented; rows of the classes `drawing` names also get a random D4."""
+        import albumentations as A
+
+        from .train import ArrayDataset
+
+        extra = A.D4(p=1.0) if drawing.d4_classes else None
+        return ArrayDataset(images, train_idx, y, policy, keys=self.stratify_key(y),
+                            extra_for=drawing.d4_classes, extra=extra)
+
+    def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):
+        """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""
+        return [(h, y[:, i], labels[:, i], oof[:, h.cols][:, 1] if h.binary else None)
+                for i, h in enumerate(self.heads)]
 
 
 class MultiHeadLoss(nn.Module):

@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import AUGMENTS, tta_views
-from .losses import LOSSES
 from .metrics import is_better
 from .models import MODEL_FAMILIES, normalisation
 from .paths import atomic_write_text
 from .sampling import IMBALANCE, Drawing
-from .targets import MultiHeadLoss, Targets
+from .targets import Targets
 
 
 @dataclass
@@ -133,8 +131,8 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     keys = targets.stratify_key(y)
     drawing = IMBALANCE.get(cfg.imbalance)(keys[train_idx], int(keys.max()) + 1, cfg.batch_size,
                                            torch.Generator().manual_seed(cfg.seed + fold))
-    loss_fn = _loss(cfg, targets, y[train_idx]).to(dev)
-    train_loader = _train_loader(cfg, images, y, keys, train_idx, drawing, dev)
+    loss_fn = targets.loss(cfg.loss, y[train_idx], cfg.imbalance, cfg.batch_size).to(dev)
+    train_loader = _train_loader(cfg, targets, images, y, train_idx, drawing, dev)
     predict = functools.partial(predict_proba, model, activate=targets.activate, mean=mean, std=std,
                                 batch_size=cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -194,7 +192,7 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray,
                   std: torch.Tensor, batch_size: int) -> np.ndarray:
     """Probabilities (`activate`d logits) averaged over flip views, len(index) × C."""
     dev = mean.device
-    loader = DataLoader(ArrayDataset(images, index), batch_size=max(batch_size, 64), shuffle=False,
+    loader = DataLoader(ArrayDataset(images, index), batch_size=2 * batch_size, shuffle=False,
                         pin_memory=dev.type == "cuda")
     amp = _amp_dtype(dev)
     model.eval()
@@ -203,7 +201,7 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray,
                                                 enabled=amp is not None):
         for x in loader:
             x = _to_input(x, mean, std, dev)
-            p = sum(activate(model(_view(x, v))) for v in views) / len(views)
+            p = sum(_unview(activate(model(_view(x, v))), v) for v in views) / len(views)
             out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
@@ -211,9 +209,10 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray,
 def save_fold(out_dir: Path, result: FoldResult, model: torch.nn.Module, history: pd.DataFrame,
               cfg: TrialConfig, record: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "oof.npy", result.oof)
+    compact = (lambda a: a.astype(np.float16)) if result.oof.ndim > 2 else (lambda a: a)  # maps: half size
+    np.save(out_dir / "oof.npy", compact(result.oof))
     np.save(out_dir / "val_index.npy", result.val_index)
-    np.save(out_dir / "test.npy", result.test)
+    np.save(out_dir / "test.npy", compact(result.test))
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
                out_dir / "model.pt")
     history.to_csv(out_dir / "history.csv", index=False)
@@ -251,22 +250,11 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
                          cfg.batch_size)
 
 
-def _loss(cfg: TrialConfig, targets: Targets, y_train: np.ndarray) -> torch.nn.Module:
-    """Each head's loss, weighted by class when the imbalance handling says so (training labels only)."""
-    losses = []
-    for i, (head, name) in enumerate(zip(targets.heads, cfg.loss)):
-        weight = IMBALANCE.get(cfg.imbalance)(y_train[:, i], len(head.classes), cfg.batch_size,
-                                              torch.Generator()).class_weight
-        losses.append(LOSSES.get(name)(None if weight is None else torch.tensor(weight)))
-    return MultiHeadLoss(targets, losses)
-
-
-def _train_loader(cfg: TrialConfig, images: np.ndarray, y: np.ndarray, keys: np.ndarray,
+def _train_loader(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray,
                   train_idx: np.ndarray, drawing: Drawing, dev: torch.device) -> DataLoader:
     """Batches of the training fold, drawn as the trial's imbalance handling says."""
-    extra = A.D4(p=1.0) if drawing.d4_classes else None
-    dataset = ArrayDataset(images, train_idx, y, AUGMENTS.get(cfg.augment)(cfg.orientation),
-                           keys=keys, extra_for=drawing.d4_classes, extra=extra)
+    dataset = targets.train_dataset(images, y, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
+                                    cfg.image_size, drawing)
     common = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                   pin_memory=dev.type == "cuda")
     if drawing.batch_sampler is not None:
@@ -284,6 +272,11 @@ def _to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch
 
 def _view(x: torch.Tensor, view: str) -> torch.Tensor:
     return {"id": x, "hflip": x.flip(3), "vflip": x.flip(2)}[view]
+
+
+def _unview(p: torch.Tensor, view: str) -> torch.Tensor:
+    """Maps (N × H × W) are flipped back to the original orientation; class scores need nothing."""
+    return p if p.ndim < 3 else _view(p[:, None], view)[:, 0]
 
 
 def _amp_dtype(dev: torch.device) -> Optional[torch.dtype]:

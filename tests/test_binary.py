@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import TINY_SEARCH, draw, write_spec
 from harness.metrics import fit_threshold, youden_cutoff
 from harness.sampling import IMBALANCE
+from harness.targets import Head, Targets
 from harness.train import TrialConfig, _train_loader
 
 
@@ -21,7 +22,8 @@ def rows_drawn(imbalance, y, train_idx, epochs=3):
                       lr=1e-3, weight_decay=0.0, batch_size=8, epochs=1, patience=1, pretrained=False,
                       tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
     drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
-    loader = _train_loader(cfg, images, y[:, None], y, train_idx, drawing, torch.device("cpu"))
+    targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
+    loader = _train_loader(cfg, targets, images, y[:, None], train_idx, drawing, torch.device("cpu"))
     drawn = [int(v) for _ in range(epochs) for x, _ in loader for v in x[:, 0, 0, 0]]
     return np.array(drawn), drawing
 

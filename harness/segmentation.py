@@ -1,0 +1,351 @@
+"""Binary segmentation: U-Net-family decoders on timm encoders, pixel losses and metrics, masks.
+
+`SegmentationTask` is the segmentation counterpart of `targets.Targets`: the fold loop, the
+search, the ensemble and the report call the same methods. Predictions are N × H × W
+probability maps of the positive class; labels are N × H × W masks (1 = positive).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .models import MODEL_FAMILIES
+from .registry import Registry
+from .targets import Head
+
+SEG_METRICS = Registry("segmentation metric")
+SEG_LOSSES = Registry("segmentation loss")
+
+
+def _counts(y: np.ndarray, proba: np.ndarray, threshold: Optional[float]) -> Tuple[int, int, int, int]:
+    pred = proba >= (0.5 if threshold is None else threshold)
+    truth = y.astype(bool)
+    tp = int(np.count_nonzero(pred & truth))
+    fp = int(np.count_nonzero(pred & ~truth))
+    fn = int(np.count_nonzero(~pred & truth))
+    return tp, fp, fn, truth.size - tp - fp - fn
+
+
+def _dice_counts(tp, fp, fn, tn):
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
+def _iou_counts(tp, fp, fn, tn):
+    return tp / np.maximum(tp + fp + fn, 1)
+
+
+def _pixel_error_counts(tp, fp, fn, tn):
+    return (fp + fn) / np.maximum(tp + fp + fn + tn, 1)
+
+
+@SEG_METRICS.register("dice", direction="maximize", uses_threshold=True, from_counts=_dice_counts)
+def dice(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Dice (F1) of the positive class over all pixels."""
+    return float(_dice_counts(*_counts(y, proba, threshold)))
+
+
+@SEG_METRICS.register("iou", direction="maximize", uses_threshold=True, from_counts=_iou_counts)
+def iou(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Intersection over union of the positive class."""
+    return float(_iou_counts(*_counts(y, proba, threshold)))
+
+
+@SEG_METRICS.register("pixel_error", direction="minimize", uses_threshold=True,
+                      from_counts=_pixel_error_counts)
+def pixel_error(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
+    """Share of wrongly labelled pixels."""
+    return float(_pixel_error_counts(*_counts(y, proba, threshold)))
+
+
+def fit_pixel_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> Tuple[float, float]:
+    """The threshold optimising a pixel metric, from per-class histograms of the probabilities."""
+    metric = SEG_METRICS.get(metric_name)
+    edges = np.linspace(0, 1, 101)
+    truth = y.astype(bool).ravel()
+    p = proba.astype(np.float32).ravel()
+    pos = np.histogram(p[truth], bins=edges)[0][::-1].cumsum()[::-1]  # positives with p >= edge
+    neg = np.histogram(p[~truth], bins=edges)[0][::-1].cumsum()[::-1]
+    tp, fp = pos, neg
+    scores = metric.from_counts(tp, fp, truth.sum() - tp, (~truth).sum() - fp)
+    best = int(np.argmax(scores) if metric.direction == "maximize" else np.argmin(scores))
+    threshold = float(edges[best])
+    return threshold, metric(y, proba, threshold)
+
+
+@SEG_LOSSES.register("bce")
+def bce() -> nn.Module:
+    """Binary cross-entropy with logits."""
+    from segmentation_models_pytorch.losses import SoftBCEWithLogitsLoss
+
+    return SoftBCEWithLogitsLoss()
+
+
+@SEG_LOSSES.register("dice")
+def dice_loss() -> nn.Module:
+    """Soft Dice loss."""
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    return DiceLoss(mode="binary", from_logits=True)
+
+
+class _Sum(nn.Module):
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits, target) for loss in self.losses)
+
+
+@SEG_LOSSES.register("bce_dice")
+def bce_dice() -> nn.Module:
+    """BCE + soft Dice."""
+    return _Sum(bce(), dice_loss())
+
+
+@SEG_LOSSES.register("focal")
+def focal() -> nn.Module:
+    """Binary focal loss."""
+    from segmentation_models_pytorch.losses import FocalLoss
+
+    return FocalLoss(mode="binary")
+
+
+@SEG_LOSSES.register("lovasz")
+def lovasz() -> nn.Module:
+    """Lovász hinge (optimises IoU directly)."""
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    return LovaszLoss(mode="binary")
+
+
+class PadToMultiple(nn.Module):
+    """Pads the input to a multiple of the encoder's stride and crops the output back."""
+
+    def __init__(self, model: nn.Module, multiple: int = 32) -> None:
+        super().__init__()
+        self.model, self.multiple = model, multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        return self.model(x)[..., :h, :w]
+
+
+@MODEL_FAMILIES.register("smp")
+def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> nn.Module:
+    """segmentation_models_pytorch architecture on a timm encoder; `name` is 'arch/encoder'."""
+    import segmentation_models_pytorch as smp
+
+    arch, encoder = name.split("/", 1)
+    weights = "imagenet" if pretrained is True or str(pretrained).lower() == "true" else None
+    return PadToMultiple(smp.create_model(arch, encoder_name=f"tu-{encoder}", encoder_weights=weights,
+                                          in_channels=in_chans, classes=num_classes))
+
+
+def architectures() -> List[str]:
+    import segmentation_models_pytorch as smp
+
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+@lru_cache(maxsize=32)
+def buildable(archs: Tuple[str, ...], encoders: Tuple[str, ...], channels: int) -> List[str]:
+    """The 'arch/encoder' combinations that build and run; the search offers only these."""
+    out = []
+    for arch in archs:
+        for encoder in encoders:
+            try:
+                model = smp_model(f"{arch}/{encoder}", 1, channels).eval()
+                with torch.no_grad():
+                    model(torch.zeros(1, channels, 64, 64))
+                out.append(f"{arch}/{encoder}")
+            except Exception:  # noqa: BLE001 - any failure means: not offered
+                continue
+    return out
+
+
+class MaskDataset(Dataset):
+    """Image + mask pairs, augmented together (flips, elastic, crops), as uint8 C×H×W and float 1×H×W."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, index: np.ndarray, transform: A.Compose) -> None:
+        self.images, self.masks, self.index, self.transform = images, masks, index, transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        j = self.index[i]
+        out = self.transform(image=np.array(self.images[j]), mask=np.array(self.masks[j]))
+        img = out["image"][:, :, None] if out["image"].ndim == 2 else out["image"]
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return x, torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32))[None]
+
+
+@dataclass
+class SegmentationTask:
+    """The segmentation task, with the interface of `targets.Targets`."""
+
+    metric: str
+    heads: List[Head]
+
+    @classmethod
+    def for_metric(cls, metric: str) -> "SegmentationTask":
+        return cls(metric, [Head("mask", ["background", "positive"], metric, 0)])
+
+    width = 1
+    sizes = [2]
+
+    @property
+    def direction(self) -> str:
+        return SEG_METRICS.get(self.metric).direction
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0].float().sigmoid()
+
+    def score(self, y: np.ndarray, proba: np.ndarray, thresholds=None) -> float:
+        return SEG_METRICS.get(self.metric)(y, proba, (thresholds or {}).get("mask"))
+
+    def head_scores(self, y: np.ndarray, proba: np.ndarray, thresholds=None) -> Dict[str, float]:
+        return {"mask": self.score(y, proba, thresholds)}
+
+    def labels(self, proba: np.ndarray, thresholds=None) -> np.ndarray:
+        return (proba >= (thresholds or {}).get("mask", 0.5)).astype(np.uint8)
+
+    def nll(self, y: np.ndarray, proba: np.ndarray) -> float:
+        p = np.clip(proba.astype(np.float32), 1e-6, 1 - 1e-6)
+        return float(-np.mean(np.where(y > 0, np.log(p), np.log(1 - p))))
+
+    def stratify_key(self, y: np.ndarray) -> np.ndarray:
+        return np.zeros(len(y), dtype=int)
+
+    def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray, youden: bool = True):
+        threshold, _ = fit_pixel_threshold(self.metric, y, oof)
+        return {"mask": threshold}, {"mask": f"best OOF {self.metric}"}
+
+    def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str, batch_size: int) -> nn.Module:
+        return SEG_LOSSES.get(loss_names[0])()
+
+    def train_dataset(self, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray, policy: A.Compose,
+                      size: int, drawing) -> Dataset:
+        crop = [A.PadIfNeeded(min_height=size, min_width=size), A.RandomCrop(height=size, width=size)]
+        return MaskDataset(images, y, train_idx, A.Compose(list(policy.transforms) + crop))
+
+    def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):
+        """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""
+        return [(self.heads[0], y.ravel(), labels.ravel(), None)]
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Kaggle run-length encoding: 1-based start/length pairs over the column-major pixel order."""
+    pixels = np.concatenate([[0], mask.astype(bool).ravel(order="F"), [0]]).astype(np.int8)
+    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(map(str, runs))
+
+
+def rle_decode(rle: str, shape: Tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    numbers = np.asarray(str(rle).split(), dtype=int) if isinstance(rle, str) and rle.strip() else []
+    for start, length in zip(numbers[::2], numbers[1::2]):
+        mask[start - 1:start - 1 + length] = 1
+    return mask.reshape(shape, order="F")
+
+
+def read_pages(path: str, pages: Sequence[int]) -> np.ndarray:
+    """Pages of a multi-page TIFF as N × H × W (× C) uint8."""
+    import tifffile
+
+    volume = tifffile.imread(path)
+    volume = volume[None] if volume.ndim == 2 else volume
+    return np.asarray(volume[list(pages)])
+
+
+def load_native(frame, channels: int) -> np.ndarray:
+    """Images (TIFF pages or files) at their own size, N × H × W × C uint8; all must share one size."""
+    from .images import read_image
+    from .spec import SpecError
+
+    pages = frame["page"] if "page" in frame else [None] * len(frame)  # image files have no pages
+    return _same_size([_page_or_file(path, page, channels, read_image) for path, page in
+                       zip(frame["path"], pages)], frame["listed"], SpecError)
+
+
+def load_masks(frame, positive_value: Optional[int]) -> np.ndarray:
+    """Masks as N × H × W uint8, 1 where the label equals `positive_value` (default: any value > 0)."""
+    from .images import read_image
+    from .spec import SpecError
+
+    masks = [_page_or_file(path, page, 1, read_image)[:, :, 0] for path, page in
+             zip(frame["mask_path"], frame["mask_page"])]
+    masks = _same_size(masks, frame["listed"], SpecError)
+    return (masks == positive_value if positive_value is not None else masks > 0).astype(np.uint8)
+
+
+def _page_or_file(path: str, page, channels: int, read_image) -> np.ndarray:
+    if page is None or (isinstance(page, float) and np.isnan(page)):
+        return read_image(path, channels)
+    img = _volume(path)[int(page)]
+    img = img[:, :, None] if img.ndim == 2 else img
+    if img.shape[2] != channels:
+        img = img.mean(2, keepdims=True).astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
+    return img
+
+
+@lru_cache(maxsize=8)
+def _volume(path: str) -> np.ndarray:
+    import tifffile
+
+    volume = tifffile.imread(path)
+    if volume.dtype != np.uint8:
+        lo, hi = float(volume.min()), float(volume.max())
+        volume = ((volume - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+    return volume[None] if volume.ndim == 2 else volume
+
+
+def _same_size(arrays: List[np.ndarray], names, error) -> np.ndarray:
+    shape = arrays[0].shape[:2]
+    for array, name in zip(arrays, names):
+        if array.shape[:2] != shape:
+            raise error(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
+                        f"{shape[1]}x{shape[0]}: segmentation needs one image size")
+    return np.stack(arrays)
+
+
+def write_submission(spec, test, masks: np.ndarray, out) -> str:
+    """Write predicted masks in the declared format; returns what was written, for the user."""
+    import pandas as pd
+    import tifffile
+    from PIL import Image
+
+    from .spec import SpecError
+
+    sub = spec.submission
+    positive = 255 if spec.positive_value is None else spec.positive_value
+    negative = spec.negative_value if spec.negative_value is not None else (255 if positive == 0 else 0)
+    pixels = np.where(masks > 0, positive, negative).astype(np.uint8)
+    if sub.format == "tiff":
+        volume = _volume(test["path"].iloc[0]) if "page" in test and test["page"].notna().all() else None
+        if volume is not None and volume.shape[:3] != pixels.shape:
+            raise SpecError(f"submission: masks of shape {pixels.shape}, the test volume is {volume.shape[:3]}")
+        tifffile.imwrite(out, pixels, photometric="minisblack")  # one page per slice, however few
+        return f"{out} ({pixels.shape[0]} pages of {pixels.shape[2]}x{pixels.shape[1]}, values {negative}/{positive})"
+    if sub.format == "png_folder":
+        out.mkdir(parents=True, exist_ok=True)
+        for name, mask in zip(test["id"], pixels):
+            Image.fromarray(mask).save(out / f"{name}.png")
+        return f"{out}/ ({len(pixels)} PNG masks, values {negative}/{positive})"
+    frame = pd.DataFrame({sub.id_column: test["id"].to_numpy(),
+                          sub.target_column: [rle_encode(m) for m in masks]})
+    frame.to_csv(out, index=False)
+    return f"{out} ({len(frame)} rows of run-length encoded masks)"

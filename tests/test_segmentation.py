@@ -1,0 +1,136 @@
+"""Segmentation competitions: TIFF volumes and image/mask pairs, block folds, masks in three formats."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import write_spec
+from harness import open_run
+from harness.search import prepare_data
+from harness.segmentation import dice, fit_pixel_threshold, rle_decode, rle_encode
+
+SEARCH = {"backbones": ["resnet10t"], "architectures": ["unet", "fpn"], "image_size": [32],
+          "augment": ["light"], "loss": ["bce_dice", "dice"], "imbalance": ["none"], "lr": [3e-3],
+          "weight_decay": [1e-5], "batch_size": [4], "epochs": [2], "patience": 2, "pretrained": False,
+          "pruner": "none"}
+
+
+def disks(n, rng, size=48):
+    """Noisy images with bright disks; labels ISBI-style: 255 everywhere, 0 on the disks (the positive class)."""
+    yy, xx = np.mgrid[:size, :size]
+    images, labels = [], []
+    for _ in range(n):
+        cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(5, 10))]
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        images.append((rng.integers(0, 60, (size, size)) + 150 * disk).astype(np.uint8))
+        labels.append(np.where(disk, 0, 255).astype(np.uint8))
+    return np.stack(images), np.stack(labels)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "em"
+    data.mkdir()
+    images, labels = disks(12, rng)
+    tifffile.imwrite(data / "train-volume.tif", images, photometric="minisblack")
+    tifffile.imwrite(data / "train-labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(data / "test-volume.tif", disks(4, rng)[0], photometric="minisblack")
+    spec = {"name": "tiny-em", "task": "segmentation", "data_root": "../em",
+            "train": {"layout": "tiff_volume", "volume": "train-volume.tif", "labels": "train-labels.tif"},
+            "test": {"layout": "tiff_volume", "volume": "test-volume.tif"},
+            "metric": "dice", "positive_value": 0, "negative_value": 255, "folds": 3, "fold_by": "blocks",
+            "orientation": "free", "submission": {"file": "test-labels.tif", "format": "tiff"},
+            "search": dict(SEARCH)}
+    return write_spec(tmp_path / "em-comp", spec)
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "pairs"
+    for folder in ("images", "masks", "test"):
+        (data / folder).mkdir(parents=True)
+    images, labels = disks(9, rng)
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        Image.fromarray(img).convert("RGB").save(data / "images" / f"cell {i}.jpg", quality=95)
+        Image.fromarray((lab == 0).astype(np.uint8)).save(data / "masks" / f"cell {i}.png")  # 0/1 masks
+    for i, img in enumerate(disks(3, rng)[0]):
+        Image.fromarray(img).save(data / "test" / f"new_{i}.png")
+    spec = {"name": "tiny-pairs", "task": "segmentation", "data_root": "../pairs",
+            "train": {"layout": "image_mask_pairs", "images": "images", "masks": "masks"},
+            "test": {"layout": "folder", "images": "test"}, "metric": "iou", "folds": 3,
+            "orientation": "free", "channels": 1,
+            "submission": {"file": "submission.csv", "format": "rle_csv", "id_column": "id", "id_from": "stem",
+                           "target_column": "rle"},
+            "search": {**SEARCH, "architectures": ["unet"], "loss": ["bce"]}}
+    return write_spec(tmp_path / "pairs-comp", spec)
+
+
+def test_rle_round_trip_and_kaggle_order():
+    mask = np.array([[0, 0, 1], [1, 0, 0], [1, 0, 0]], np.uint8)  # column-major: pixels 2, 3 and 7 are set
+    assert rle_encode(mask) == "2 2 7 1"
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        m = (rng.uniform(size=(13, 17)) < 0.3).astype(np.uint8)
+        assert np.array_equal(rle_decode(rle_encode(m), m.shape), m)
+    assert rle_encode(np.zeros((4, 4))) == "" and not rle_decode("", (4, 4)).any()
+
+
+def test_threshold_is_fitted_on_oof_maps():
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=(4, 20, 20)) < 0.3).astype(np.uint8)
+    p = np.where(y == 1, rng.uniform(0.3, 0.4, y.shape), rng.uniform(0.0, 0.29, y.shape))  # all below 0.5
+    assert dice(y, p) == 0.0
+    threshold, score = fit_pixel_threshold("dice", y, p)
+    assert 0.28 <= threshold <= 0.31 and score == pytest.approx(1.0)
+
+
+def test_volume_folds_are_contiguous_blocks(volume, tmp_path):
+    data = prepare_data(open_run(volume, run_dir=str(tmp_path / "r")))
+    assert data.fold.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert data.y.shape == (12, 48, 48) and set(np.unique(data.y)) == {0, 1}  # label 0 became positive
+
+
+def test_tiff_volume_search_and_submit(volume, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    assert "positive pixels" in cli("validate", volume, "--run-dir", run_dir).output
+    cli("search", volume, "--run-dir", run_dir, "--trials", "2")
+    oof = np.load(run_dir / "trials" / "t0000" / "fold1" / "oof.npy")
+    assert oof.shape == (4, 48, 48) and oof.dtype == np.float16
+    out = cli("submit", volume, "--run-dir", run_dir).output
+    assert "OOF dice" in out and "best OOF dice" in out
+    labels = tifffile.imread(run_dir / "test-labels.tif")
+    assert labels.shape == (4, 48, 48) and set(np.unique(labels)) <= {0, 255}
+    record = json.loads((run_dir / "ensemble.json").read_text())
+    assert set(record["thresholds"]) == {"mask"} and record["threshold_rules"]["mask"] == "best OOF dice"
+    board = cli("status", volume, "--run-dir", run_dir).output
+    assert "unet/resnet10t" in board or "fpn/resnet10t" in board
+
+
+def test_image_mask_pairs_to_rle_and_png(pairs, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("search", pairs, "--run-dir", run_dir, "--trials", "1")
+    cli("submit", pairs, "--run-dir", run_dir)
+    sub = pd.read_csv(run_dir / "submission.csv", keep_default_na=False)
+    assert list(sub.columns) == ["id", "rle"] and sorted(sub["id"]) == ["new_0", "new_1", "new_2"]
+    for rle in sub["rle"]:
+        assert rle_decode(rle, (48, 48)).shape == (48, 48)
+    cli("submit", pairs, "--run-dir", run_dir, "--set", "submission.format=png_folder",
+        "--set", "submission.file=masks")
+    pngs = sorted(p.name for p in (run_dir / "masks").iterdir())
+    assert pngs == ["new_0.png", "new_1.png", "new_2.png"]
+    assert set(np.unique(np.asarray(Image.open(run_dir / "masks" / "new_0.png")))) <= {0, 255}
+
+
+def test_segmentation_spec_errors(volume, pairs, cli, tmp_path):
+    result = cli("validate", volume, "--set", "search.loss=[ce]", ok=False)
+    assert "'search.loss': unknown value 'ce' (allowed: bce, bce_dice, dice, focal, lovasz)" in result.output
+    result = cli("validate", volume, "--set", "search.architectures=[unet3]", ok=False)
+    assert "'search.architectures': unknown value 'unet3'" in result.output
+    (pairs.parent / "pairs" / "masks" / "cell 3.png").unlink()
+    result = cli("validate", pairs, ok=False)
+    assert "image 'cell 3.jpg' has no mask named cell 3.*" in result.output
