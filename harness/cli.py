@@ -16,6 +16,8 @@ REGISTRIES = {
     "losses": "harness.losses:LOSSES", "augmentations": "harness.augment:AUGMENTS",
     "pruners": "harness.search:PRUNERS", "models": "harness.models:MODEL_FAMILIES",
     "preparers": "harness.layouts:PREPARERS", "imbalance": "harness.sampling:IMBALANCE",
+    "segmentation_losses": "harness.segmentation:SEG_LOSSES",
+    "segmentation_metrics": "harness.segmentation:SEG_METRICS",
 }
 
 

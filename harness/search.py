@@ -94,13 +94,14 @@ def prepare_data(run: Run) -> SearchData:
     """Load and check the data and folds; raises SpecError before anything is trained."""
     samples = load_samples(run.spec, run.data_root)
     channels = run.spec.channels or infer_channels(
-        probe_images(samples.train["path"].tolist())["mode"].tolist()
+        probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
     )
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
                                run.spec.fold_by)
     segmentation = run.spec.task == "segmentation"
     if segmentation:
-        targets, y = SegmentationTask.for_metric(run.spec.metric), load_masks(samples.train, run.spec.positive_value)
+        targets = SegmentationTask.for_metric(run.spec.metric)
+        y = load_masks(samples.train, run.spec.positive_value)
     else:
         targets, y = targets_for(run.spec, samples.heads), samples.y
     return SearchData(samples=samples, targets=targets, channels=channels, fold=table["fold"].to_numpy(),
