@@ -149,8 +149,12 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
 
     arch, encoder = name.split("/", 1)
     weights = "imagenet" if pretrained is True or str(pretrained).lower() == "true" else None
-    return PadToMultiple(smp.create_model(arch, encoder_name=f"tu-{encoder}", encoder_weights=weights,
-                                          in_channels=in_chans, classes=num_classes))
+    net = smp.create_model(arch, encoder_name=f"tu-{encoder}", encoder_weights=weights,
+                           in_channels=in_chans, classes=num_classes)
+    model = PadToMultiple(net)
+    # the timm encoder's mean/std, so inputs are normalised as the pretrained encoder expects
+    model.pretrained_cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", {})
+    return model
 
 
 def architectures() -> List[str]:

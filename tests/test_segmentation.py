@@ -134,3 +134,16 @@ def test_segmentation_spec_errors(volume, pairs, cli, tmp_path):
     (pairs.parent / "pairs" / "masks" / "cell 3.png").unlink()
     result = cli("validate", pairs, ok=False)
     assert "image 'cell 3.jpg' has no mask named cell 3.*" in result.output
+
+
+def test_smp_models_pad_to_stride_and_normalise_like_their_encoder():
+    import torch
+
+    from harness.models import normalisation
+    from harness.segmentation import smp_model
+
+    model = smp_model("unet/resnet10t", 1, 1).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 50, 70)).shape == (2, 1, 50, 70)  # not a multiple of 32
+    mean, std = normalisation(model, 1)
+    assert mean.item() == pytest.approx((0.485 + 0.456 + 0.406) / 3)  # ImageNet, averaged to grey
