@@ -147,3 +147,22 @@ def test_smp_models_pad_to_stride_and_normalise_like_their_encoder():
         assert model(torch.zeros(2, 1, 50, 70)).shape == (2, 1, 50, 70)  # not a multiple of 32
     mean, std = normalisation(model, 1)
     assert mean.item() == pytest.approx((0.485 + 0.456 + 0.406) / 3)  # ImageNet, averaged to grey
+
+
+def test_augmentation_moves_image_and_mask_together():
+    from harness.augment import AUGMENTS
+    from harness.segmentation import SegmentationTask
+    from harness.sampling import Drawing
+
+    rng = np.random.default_rng(3)
+    images, labels = disks(2, rng, size=64)
+    masks = (labels == 0).astype(np.uint8)
+    task = SegmentationTask.for_metric("dice")
+    dataset = task.train_dataset(images[..., None], masks, np.arange(2), AUGMENTS.get("elastic")("free"), 32,
+                                 Drawing())
+    for _ in range(10):
+        x, mask = dataset[0]
+        assert x.shape == (1, 32, 32) and mask.shape == (1, 32, 32)
+        assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
+        if mask.sum() > 20:  # where the mask says disk, the image is bright
+            assert x[0][mask[0] > 0].float().mean() > x[0][mask[0] == 0].float().mean() + 60
