@@ -49,8 +49,8 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     if len(data.targets.heads) > 1:
         summary.append("ensemble per head: " + ", ".join(
             f"{h} {v:.4f}" for h, v in data.targets.head_scores(data.y, ens.oof, ens.thresholds).items()))
-    write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + oof_lines(figures)[:-1],
-                      figures, leaderboard(study))
+    cutoffs = [line for line in oof_lines(figures) if "confusion matrix" not in line]  # tables on the page
+    write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + cutoffs, figures, leaderboard(study))
     for line in summary + oof_lines(figures):
         echo(line)
     echo(f"wrote {written} and {run.paths.report_html}")
