@@ -29,11 +29,10 @@ from optuna.trial import FrozenTrial, TrialState
 from .folds import folds_hash, listing_hash, load_or_make_folds
 from .images import infer_channels, load_resized, probe_images
 from .layouts import Samples, load_samples
-from .metrics import METRICS
 from .paths import Run, atomic_write_text
 from .registry import Registry
-from .spec import SpecError, to_dict
-from .segmentation import SEG_METRICS, SegmentationTask, buildable, load_masks, load_native
+from .spec import SpecError, metric_registry, to_dict
+from .segmentation import SegmentationTask, buildable, load_masks, load_native
 from .targets import Targets, targets_for
 from .train import FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 
@@ -110,8 +109,7 @@ def prepare_data(run: Run) -> SearchData:
 
 def open_study(run: Run, create: bool) -> optuna.Study:
     storage = _storage(run.storage_url)
-    registry = SEG_METRICS if run.spec.task == "segmentation" else METRICS
-    direction = registry.get(run.spec.metric).direction
+    direction = metric_registry(run.spec.task).get(run.spec.metric).direction
     if not create:
         try:
             return optuna.load_study(study_name=run.study_name, storage=storage)
@@ -304,9 +302,9 @@ def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
 
 def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
-    keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "search")
-    return {**{k: spec[k] for k in keep}, "heads": spec["heads"], "folds_hash": data.folds_hash,
-            "classes": data.samples.heads}
+    keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
+            "heads", "search")
+    return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
 
 
 def _check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:

@@ -272,14 +272,21 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     _check_backbones(s.backbones, path)
 
 
+def metric_registry(task: str):
+    """The metrics a task is scored with: pixel metrics for segmentation, else classification's."""
+    from .metrics import METRICS
+    from .segmentation import SEG_METRICS
+
+    return SEG_METRICS if task == "segmentation" else METRICS
+
+
 def _check_task_choices(spec: Competition, path: Path) -> None:
     """Loss, metric, architectures and submission format come from the task's own registries."""
     from .losses import LOSSES
-    from .metrics import METRICS
-    from .segmentation import SEG_LOSSES, SEG_METRICS, architectures
+    from .segmentation import SEG_LOSSES, architectures
 
     segmentation = spec.task == "segmentation"
-    for key, registry, values in (("metric", SEG_METRICS if segmentation else METRICS, [spec.metric]),
+    for key, registry, values in (("metric", metric_registry(spec.task), [spec.metric]),
                                   ("search.loss", SEG_LOSSES if segmentation else LOSSES, spec.search.loss)):
         for value in values:
             _check_in(value, key, registry, path)

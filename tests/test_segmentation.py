@@ -158,7 +158,8 @@ def test_augmentation_moves_image_and_mask_together():
     images, labels = disks(2, rng, size=64)
     masks = (labels == 0).astype(np.uint8)
     task = SegmentationTask.for_metric("dice")
-    dataset = task.train_dataset(images[..., None], masks, np.arange(2), AUGMENTS.get("elastic")("free"), 32,
+    dataset = task.train_dataset(images[..., None], masks, np.zeros(2, int), np.arange(2),
+                                 AUGMENTS.get("elastic")("free"), 32,
                                  Drawing())
     for _ in range(10):
         x, mask = dataset[0]
@@ -166,3 +167,11 @@ def test_augmentation_moves_image_and_mask_together():
         assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
         if mask.sum() > 20:  # where the mask says disk, the image is bright
             assert x[0][mask[0] > 0].float().mean() > x[0][mask[0] == 0].float().mean() + 60
+
+
+def test_a_changed_positive_value_needs_a_new_run_dir(volume, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("search", volume, "--run-dir", run_dir, "--trials", "1", "--set", "search.architectures=[unet]")
+    result = cli("search", volume, "--run-dir", run_dir, "--trials", "2", "--set", "search.architectures=[unet]",
+                 "--set", "positive_value=255", ok=False)
+    assert "positive_value is 255 but this study was started with 0" in result.output
