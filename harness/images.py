@@ -32,14 +32,19 @@ def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
                 im.draft("L" if channels == 1 else "RGB", (at_least, at_least))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                lo, hi = float(arr.min()), float(arr.max())
-                im = Image.fromarray(((arr - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8))
+                im = Image.fromarray(to_uint8(np.asarray(im)))
             im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:
         raise SpecError(f"image {path}: cannot be decoded ({err})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Any-depth image data stretched to 0..255 (16-bit scans, float TIFFs)."""
+    arr = arr.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
 
 
 def read_resized(path: str, size: int, channels: int) -> np.ndarray:

@@ -98,9 +98,14 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
                            sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)))
             if scores is not None:
                 figures["roc"] = paths.roc_png(tag).name
-                plot_roc(truth, scores, data.fold, figures["cutoff"], paths.roc_png(tag))
+                plot_roc(truth, scores, data.fold, figures, paths.roc_png(tag))
         out[head.name] = figures
     return out
+
+
+def cutoff_text(f: dict) -> str:
+    return (f"cut-off {f['cutoff']:.4f} ({f['cutoff_rule']}): sensitivity {f['sensitivity']:.3f}, "
+            f"specificity {f['specificity']:.3f}")
 
 
 def oof_lines(figures: Dict[str, dict]) -> List[str]:
@@ -108,8 +113,7 @@ def oof_lines(figures: Dict[str, dict]) -> List[str]:
     for head, f in figures.items():
         prefix = f"{head}: " if len(figures) > 1 else ""
         if "cutoff" in f:
-            lines.append(f"{prefix}cut-off {f['cutoff']:.4f} ({f['cutoff_rule']}): sensitivity "
-                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}")
+            lines.append(prefix + cutoff_text(f))
         lines.append(f"{prefix}OOF confusion matrix:\n" + f["confusion_matrix"].to_string())
     return lines
 
@@ -123,8 +127,7 @@ def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: 
     for head, f in figures.items():
         parts.append(f"<h2>{html.escape(head)}: OOF confusion matrix</h2>" + f["confusion_matrix"].to_html())
         if "cutoff" in f:
-            parts.append(f"<p>cut-off {f['cutoff']:.4f} ({html.escape(f['cutoff_rule'])}): sensitivity "
-                         f"{f['sensitivity']:.3f}, specificity {f['specificity']:.3f}</p>")
+            parts.append(f"<p>{html.escape(cutoff_text(f))}</p>")
         if "roc" in f:
             parts.append(f'<img src="{f["roc"]}" alt="ROC curves">')
     parts.append("<h2>Trials</h2>" + board.to_html(index=False, na_rep=""))
@@ -133,8 +136,8 @@ def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: 
     paths.report_html.write_text(page.format(html.escape(title), "\n".join(parts)))
 
 
-def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, cutoff: float, path) -> None:
-    """ROC of each fold and of the pooled OOF, with the cut-off marked."""
+def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, figures: dict, path) -> None:
+    """ROC of each fold and of the pooled OOF, with the cut-off (`figures` of `oof_report`) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,10 +151,8 @@ def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, cutoff: float, pat
                                                  curve_kwargs={"alpha": 0.5})
     skm.RocCurveDisplay.from_predictions(y, p1, name="pooled OOF", ax=ax,
                                          curve_kwargs={"color": "black"})
-    predicted = p1 >= cutoff
-    tpr = (predicted & (y == 1)).sum() / max((y == 1).sum(), 1)
-    fpr = (predicted & (y == 0)).sum() / max((y == 0).sum(), 1)
-    ax.plot([fpr], [tpr], "o", color="red", label=f"cut-off {cutoff:.3f}")
+    ax.plot([1 - figures["specificity"]], [figures["sensitivity"]], "o", color="red",
+            label=f"cut-off {figures['cutoff']:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

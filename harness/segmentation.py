@@ -240,8 +240,8 @@ class SegmentationTask:
     def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str, batch_size: int) -> nn.Module:
         return SEG_LOSSES.get(loss_names[0])()
 
-    def train_dataset(self, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray, policy: A.Compose,
-                      size: int, drawing) -> Dataset:
+    def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
+                      policy: A.Compose, size: int, drawing) -> Dataset:
         crop = [A.PadIfNeeded(min_height=size, min_width=size), A.RandomCrop(height=size, width=size)]
         return MaskDataset(images, y, train_idx, A.Compose(list(policy.transforms) + crop))
 
@@ -310,10 +310,10 @@ def _page_or_file(path: str, page, channels: int, read_image) -> np.ndarray:
 def _volume(path: str) -> np.ndarray:
     import tifffile
 
+    from .images import to_uint8
+
     volume = tifffile.imread(path)
-    if volume.dtype != np.uint8:
-        lo, hi = float(volume.min()), float(volume.max())
-        volume = ((volume - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+    volume = volume if volume.dtype == np.uint8 else to_uint8(volume)
     return volume[None] if volume.ndim == 2 else volume
 
 

@@ -119,15 +119,15 @@ class Targets:
             losses.append(LOSSES.get(name)(None if weight is None else torch.tensor(weight)))
         return MultiHeadLoss(self, losses)
 
-    def train_dataset(self, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray, policy,
-                      size: int, drawing) -> Dataset:
+    def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
+                      policy, size: int, drawing) -> Dataset:
         """The training fold, augmented; rows of the classes `drawing` names also get a random D4."""
         import albumentations as A
 
         from .train import ArrayDataset
 
         extra = A.D4(p=1.0) if drawing.d4_classes else None
-        return ArrayDataset(images, train_idx, y, policy, keys=self.stratify_key(y),
+        return ArrayDataset(images, train_idx, y, policy, keys=keys,
                             extra_for=drawing.d4_classes, extra=extra)
 
     def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):

@@ -132,7 +132,7 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     drawing = IMBALANCE.get(cfg.imbalance)(keys[train_idx], int(keys.max()) + 1, cfg.batch_size,
                                            torch.Generator().manual_seed(cfg.seed + fold))
     loss_fn = targets.loss(cfg.loss, y[train_idx], cfg.imbalance, cfg.batch_size).to(dev)
-    train_loader = _train_loader(cfg, targets, images, y, train_idx, drawing, dev)
+    train_loader = _train_loader(cfg, targets, images, y, keys, train_idx, drawing, dev)
     predict = functools.partial(predict_proba, model, activate=targets.activate, mean=mean, std=std,
                                 batch_size=cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -250,10 +250,10 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
                          cfg.batch_size)
 
 
-def _train_loader(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray,
+def _train_loader(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray, keys: np.ndarray,
                   train_idx: np.ndarray, drawing: Drawing, dev: torch.device) -> DataLoader:
     """Batches of the training fold, drawn as the trial's imbalance handling says."""
-    dataset = targets.train_dataset(images, y, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
+    dataset = targets.train_dataset(images, y, keys, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
                                     cfg.image_size, drawing)
     common = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                   pin_memory=dev.type == "cuda")

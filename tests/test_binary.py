@@ -23,7 +23,7 @@ def rows_drawn(imbalance, y, train_idx, epochs=3):
                       tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
     drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
     targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
-    loader = _train_loader(cfg, targets, images, y[:, None], train_idx, drawing, torch.device("cpu"))
+    loader = _train_loader(cfg, targets, images, y[:, None], y, train_idx, drawing, torch.device("cpu"))
     drawn = [int(v) for _ in range(epochs) for x, _ in loader for v in x[:, 0, 0, 0]]
     return np.array(drawn), drawing
 
