@@ -7,6 +7,8 @@
 
     python benchmarks/throughput.py                       # GPU: resnet18 + efficientnet_b0 at 224 px on uhcs
     python benchmarks/throughput.py --models resnet10t --size 64 --epochs 2   # what a CPU can afford
+    python benchmarks/throughput.py --augment-on workers    # albumentations in DataLoader workers instead
+    python benchmarks/throughput.py --compile               # with torch.compile
 
 Prints one JSON object: img/s of each loop per model, and the ratios a/b and a/c.
 """
@@ -27,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from harness import open_run
+from harness.feed import AUGMENT_ON, augments_on_device
 from harness.images import load_resized
 from harness.search import prepare_data
 from harness.train import TrialConfig, _amp_dtype, default_workers, device, fit_fold
@@ -34,7 +37,8 @@ from harness.train import TrialConfig, _amp_dtype, default_workers, device, fit_
 ON_GPU = torch.cuda.is_available()
 
 
-def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out: Path) -> float:
+def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out: Path, augment_on: str,
+                 compile: bool) -> float:
     """img/s of the harness's training epochs (median over epochs after the first)."""
     cache = run.paths.cache_dir
     images = load_resized(data.samples.train["path"].tolist(), size, data.channels, cache)
@@ -43,7 +47,8 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
                       imbalance="none", lr=1e-3, weight_decay=1e-4, batch_size=batch, epochs=epochs,
                       patience=epochs, pretrained=False, tta=False, seed=0, channels=data.channels,
                       orientation=run.spec.orientation, metric=run.spec.metric,
-                      num_classes=data.targets.width, num_workers=default_workers())
+                      num_classes=data.targets.width, num_workers=default_workers(), augment_on=augment_on,
+                      compile=compile)
     train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
     fit_fold(cfg, data.targets, images, data.samples.y, train_idx, val_idx, test_images, 0, out)
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()
@@ -130,16 +135,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64 if ON_GPU else 32)
     parser.add_argument("--epochs", type=int, default=4 if ON_GPU else 2)
     parser.add_argument("--steps", type=int, default=50 if ON_GPU else 5, help="ceiling and seed-loop steps")
+    parser.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
+                        help="where the harness loop augments (auto: on the device on a GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the harness loop's model")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         run = open_run(args.competition, data_root=args.data_root, run_dir=tmp)
         data = prepare_data(run)
         classes = data.targets.width
+        on_device = augments_on_device(args.augment_on, "medium", True, device())
         result = {"device": torch.cuda.get_device_name() if ON_GPU else "cpu", "competition": run.spec.name,
-                  "size": args.size, "batch": args.batch, "models": {}}
+                  "size": args.size, "batch": args.batch, "augment": "medium",
+                  "augment_on": "device" if on_device else "workers", "compile": args.compile, "models": {}}
         for model in args.models.split(","):
-            a = harness_loop(run, data, model, args.size, args.batch, args.epochs, Path(tmp) / model)
+            a = harness_loop(run, data, model, args.size, args.batch, args.epochs, Path(tmp) / model,
+                             args.augment_on, args.compile)
             b = ceiling_loop(model, args.size, data.channels, classes, args.batch, args.steps)
             c = seed_loop(model, data.samples.train["path"].tolist(), data.samples.y[:, 0], args.size,
                           data.channels, classes, args.steps)

@@ -212,6 +212,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.targets.width,
         num_workers=default_workers() if s.num_workers is None else s.num_workers,
+        augment_on=s.augment_on, compile=s.compile,
     )
 
 

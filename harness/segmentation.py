@@ -203,6 +203,9 @@ class SegmentationTask:
     metric: str
     heads: List[Head]
 
+    # image and mask are augmented and cropped together by DataLoader workers (feed.py)
+    trains_on_whole_images = False
+
     @classmethod
     def for_metric(cls, metric: str) -> "SegmentationTask":
         return cls(metric, [Head("mask", ["background", "positive"], metric, 0)])

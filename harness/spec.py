@@ -85,6 +85,10 @@ class SearchSpace:
     pruner: str = field(default="median", metadata=_choices("harness.search:PRUNERS"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
     num_workers: Optional[int] = None  # DataLoader workers; default 0 on CPU, up to 8 on GPU
+    # where training batches are augmented: auto (on a GPU, on the device when the policy allows),
+    # device (also on a CPU), workers (albumentations in DataLoader workers)
+    augment_on: str = field(default="auto", metadata={"choices": ["auto", "device", "workers"]})
+    compile: bool = False  # torch.compile each model (slow start, faster steps on a GPU)
 
 
 @dataclass
@@ -231,6 +235,11 @@ def _scalar(hint: Any, value: Any, key: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -269,6 +278,7 @@ def _check_consistency(spec: Competition, path: Path) -> None:
         raise SpecError(f"{path}: 'test.target': the test set has no target")
     _check_heads(spec, path)
     _check_task_choices(spec, path)
+    _check_augment_on(spec, path)
     _check_backbones(s.backbones, path)
 
 
@@ -299,6 +309,20 @@ def _check_task_choices(spec: Competition, path: Path) -> None:
     elif spec.submission.format != "csv" or spec.fold_by == "blocks":
         raise SpecError(f"{path}: submission.format {spec.submission.format} and fold_by blocks are for "
                         "task segmentation")
+
+
+def _check_augment_on(spec: Competition, path: Path) -> None:
+    from .augment import batch_form
+
+    if spec.search.augment_on != "device":
+        return
+    if spec.task == "segmentation":
+        raise SpecError(f"{path}: 'search.augment_on': device is for whole-image tasks; segmentation "
+                        "augments image and mask in workers (use auto or workers)")
+    for policy in spec.search.augment:
+        if batch_form(policy) is None:
+            raise SpecError(f"{path}: 'search.augment_on': policy {policy!r} has no device form "
+                            "(use auto or workers)")
 
 
 def _check_in(value: Any, key: str, choices: Any, path: Path) -> None:

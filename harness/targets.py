@@ -49,6 +49,9 @@ Thresholds = Optional[Dict[str, float]]
 class Targets:
     heads: List[Head]
 
+    # batches may be gathered and augmented on the device (feed.py): labels are rows, not maps
+    trains_on_whole_images = True
+
     @property
     def width(self) -> int:
         return sum(len(h.classes) for h in self.heads)
@@ -124,7 +127,7 @@ class Targets:
         """The training fold, augmented; rows of the classes `drawing` names also get a random D4."""
         import albumentations as A
 
-        from .train import ArrayDataset
+        from .feed import ArrayDataset
 
         extra = A.D4(p=1.0) if drawing.d4_classes else None
         return ArrayDataset(images, train_idx, y, policy, keys=keys,

@@ -20,9 +20,10 @@ from typing import Callable, List, Optional, Union
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .augment import AUGMENTS, tta_views
+from .feed import (DeviceBatches, LoaderBatches, augments_on_device, eval_batches, resident_images,
+                   worker_loader)
 from .metrics import is_better
 from .models import MODEL_FAMILIES, normalisation
 from .paths import atomic_write_text
@@ -53,12 +54,18 @@ class TrialConfig:
     num_classes: int  # outputs of all heads together
     num_workers: int = 0
     model_family: str = "timm_classifier"
+    augment_on: str = "auto"  # where batches are augmented: auto, device, workers (feed.py)
+    compile: bool = False  # torch.compile the model for training and prediction
 
     def digest(self) -> str:
-        # how many workers load the data does not change what is trained
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "num_workers"}
+        # how the data is loaded and the model executed is not what is trained: a fold finished on
+        # another machine (other workers, no GPU, no compiler) is reused
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _HOW_FIELDS}
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_HOW_FIELDS = ("num_workers", "augment_on", "compile")
 
 
 @dataclass
@@ -72,33 +79,6 @@ class FoldResult:
     val_loss: float
     seconds: float
     reused: bool = False
-
-
-class ArrayDataset(Dataset):
-    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors
-    (with their labels, one per head, when `labels` is given).
-
-    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`.
-    """
-
-    def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
-                 transform: Optional[Callable] = None, keys: Optional[np.ndarray] = None,
-                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None) -> None:
-        self.images, self.index, self.labels, self.transform = images, index, labels, transform
-        self.keys, self.extra_for, self.extra = keys, extra_for, extra
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int):
-        img = np.array(self.images[self.index[i]])  # a writable copy of the (memory-mapped) row
-        if self.transform is not None:
-            img = self.transform(image=img)["image"]
-        if self.extra is not None and int(self.keys[self.index[i]]) in self.extra_for:
-            img = self.extra(image=img)["image"]
-        img = img[:, :, None] if img.ndim == 2 else img
-        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        return x if self.labels is None else (x, torch.from_numpy(self.labels[self.index[i]]))
 
 
 def device() -> torch.device:
@@ -132,11 +112,15 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     drawing = IMBALANCE.get(cfg.imbalance)(keys[train_idx], int(keys.max()) + 1, cfg.batch_size,
                                            torch.Generator().manual_seed(cfg.seed + fold))
     loss_fn = targets.loss(cfg.loss, y[train_idx], cfg.imbalance, cfg.batch_size).to(dev)
-    train_loader = _train_loader(cfg, targets, images, y, keys, train_idx, drawing, dev)
-    predict = functools.partial(predict_proba, model, activate=targets.activate, mean=mean, std=std,
+    resident = None
+    if augments_on_device(cfg.augment_on, cfg.augment, targets.trains_on_whole_images, dev):
+        resident = resident_images(images, dev)
+    batches = train_batches(cfg, targets, images, resident, y, keys, train_idx, drawing, mean, std, fold)
+    net = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
+    predict = functools.partial(predict_proba, net, activate=targets.activate, mean=mean, std=std,
                                 batch_size=cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * len(train_loader))
+    steps = max(1, cfg.epochs * len(batches))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     amp = _amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
@@ -146,23 +130,23 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     for epoch in range(cfg.epochs):
         t0 = time.time()
         model.train()
-        losses = []
-        for x, target in train_loader:
-            x, target = _to_input(x, mean, std, dev), target.to(dev, non_blocking=True)
+        loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
+        for x, target in batches:
             with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = loss_fn(model(x), target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} (lr {cfg.lr:.2g})")
+                loss = loss_fn(net(x), target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            losses.append(loss.item())
-        proba = predict(images, val_idx, ["id"])
+            loss_sum += loss.detach().float()
+        train_loss = loss_sum.item() / max(1, len(batches))
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"loss is {train_loss} at epoch {epoch + 1} (lr {cfg.lr:.2g})")
+        proba = predict(images if resident is None else resident, val_idx, ["id"])
         val_loss = targets.nll(y[val_idx], proba)
         score = targets.score(y[val_idx], proba)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                         cfg.metric: score, "seconds": round(time.time() - t0, 3)})
         tie = score == best_score or (best_score is not None and np.isnan(score) and np.isnan(best_score))
         if is_better(score, best_score, targets.direction) or (tie and val_loss < best_loss) \
@@ -178,7 +162,7 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
 
     model.load_state_dict(best_state)
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
-    oof = predict(images, val_idx, views)
+    oof = predict(images if resident is None else resident, val_idx, views)
     test = predict(test_images, np.arange(len(test_images)), views)
     result = FoldResult(fold=fold, score=targets.score(y[val_idx], oof), val_index=val_idx, oof=oof,
                         test=test, best_epoch=best_epoch + 1, val_loss=targets.nll(y[val_idx], oof),
@@ -187,20 +171,20 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     return result
 
 
-def predict_proba(model: torch.nn.Module, images: np.ndarray, index: np.ndarray, views: List[str],
-                  activate: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
+def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor], index: np.ndarray,
+                  views: List[str], activate: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
                   std: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Probabilities (`activate`d logits) averaged over flip views, len(index) × C."""
+    """Probabilities (`activate`d logits) averaged over flip views, len(index) × C.
+
+    `images`: uint8 N×H×W×C (memory-mapped or not), or device-resident N×C×H×W (`feed.resident_images`).
+    """
     dev = mean.device
-    loader = DataLoader(ArrayDataset(images, index), batch_size=2 * batch_size, shuffle=False,
-                        pin_memory=dev.type == "cuda")
     amp = _amp_dtype(dev)
     model.eval()
     out = []
     with torch.inference_mode(), torch.autocast(dev.type, dtype=amp or torch.float32,
                                                 enabled=amp is not None):
-        for x in loader:
-            x = _to_input(x, mean, std, dev)
+        for x in eval_batches(images, index, 2 * batch_size, mean, std):
             p = sum(_unview(activate(model(_view(x, v))), v) for v in views) / len(views)
             out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
@@ -250,24 +234,18 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
                          cfg.batch_size)
 
 
-def _train_loader(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray, keys: np.ndarray,
-                  train_idx: np.ndarray, drawing: Drawing, dev: torch.device) -> DataLoader:
-    """Batches of the training fold, drawn as the trial's imbalance handling says."""
+def train_batches(cfg: TrialConfig, targets: Targets, images: np.ndarray, resident: Optional[torch.Tensor],
+                  y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray, drawing: Drawing,
+                  mean: torch.Tensor, std: torch.Tensor, fold: int):
+    """The training fold's batches: augmented on the device when `resident` images are given,
+    else by DataLoader workers (see feed.py)."""
+    if resident is not None:
+        return DeviceBatches(resident, y, keys, train_idx, drawing, cfg.batch_size, cfg.augment,
+                             cfg.orientation, mean, std, cfg.seed + fold)
     dataset = targets.train_dataset(images, y, keys, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
                                     cfg.image_size, drawing)
-    common = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                  pin_memory=dev.type == "cuda")
-    if drawing.batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=drawing.batch_sampler, **common)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=drawing.sampler,
-                      shuffle=drawing.sampler is None, generator=generator if drawing.sampler is None else None,
-                      drop_last=len(train_idx) > cfg.batch_size, **common)
-
-
-def _to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    x = x.to(dev, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last)
+    loader = worker_loader(dataset, drawing, cfg.batch_size, cfg.num_workers, cfg.seed, mean.device)
+    return LoaderBatches(loader, mean, std)
 
 
 def _view(x: torch.Tensor, view: str) -> torch.Tensor:

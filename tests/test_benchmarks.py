@@ -17,7 +17,8 @@ def run_benchmark(script, *args):
 def test_throughput_benchmark_smoke(class_folder_competition):
     result = run_benchmark("throughput.py", "--competition", class_folder_competition(per_class=16),
                            "--models", "resnet10t", "--size", "16", "--batch", "8", "--epochs", "2",
-                           "--steps", "2")
+                           "--steps", "2", "--augment-on", "device")
+    assert result["augment_on"] == "device"
     numbers = result["models"]["resnet10t"]
     assert set(numbers) == {"harness_img_s", "ceiling_img_s", "seed_img_s", "a_over_b", "a_over_c"}
     assert all(v > 0 for v in numbers.values())

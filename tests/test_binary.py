@@ -12,29 +12,38 @@ from conftest import TINY_SEARCH, draw, write_spec
 from harness.metrics import fit_threshold, youden_cutoff
 from harness.sampling import IMBALANCE
 from harness.targets import Head, Targets
-from harness.train import TrialConfig, _train_loader
+from harness.feed import resident_images
+from harness.train import TrialConfig, train_batches
 
 
-def rows_drawn(imbalance, y, train_idx, epochs=3):
-    """Which rows of `y` one training loader yields (each image's pixels hold its row number)."""
+def rows_drawn(imbalance, y, train_idx, epochs=3, on_device=False):
+    """Which rows of `y` the training batches hold (each image's pixels hold its row number)."""
     images = np.repeat(np.arange(len(y), dtype=np.uint8), 16).reshape(len(y), 4, 4, 1)
     cfg = TrialConfig(backbone="resnet10t", image_size=4, augment="none", loss=["ce"], imbalance=imbalance,
                       lr=1e-3, weight_decay=0.0, batch_size=8, epochs=1, patience=1, pretrained=False,
                       tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
     drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
     targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
-    loader = _train_loader(cfg, targets, images, y[:, None], y, train_idx, drawing, torch.device("cpu"))
-    drawn = [int(v) for _ in range(epochs) for x, _ in loader for v in x[:, 0, 0, 0]]
+    mean, std = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 1 / 255)  # inputs = pixel values
+    resident = resident_images(images, torch.device("cpu")) if on_device else None
+    batches = train_batches(cfg, targets, images, resident, y[:, None], y, train_idx, drawing, mean, std, 0)
+    drawn = []
+    for _ in range(epochs):
+        for x, target in batches:
+            rows = x[:, 0, 0, 0].round().long()
+            assert torch.equal(target[:, 0], torch.as_tensor(y)[rows])  # labels travel with their images
+            drawn.extend(rows.tolist())
     return np.array(drawn), drawing
 
 
+@pytest.mark.parametrize("on_device", [False, True], ids=["workers", "device"])
 @pytest.mark.parametrize("imbalance", ["none", "class_weights", "oversample", "oversample_d4", "balanced_batches"])
-def test_rebalancing_draws_only_from_the_training_fold(imbalance):
+def test_rebalancing_draws_only_from_the_training_fold(imbalance, on_device):
     y = np.zeros(60, dtype=int)
     y[[3, 17, 30, 44, 52, 58]] = 1  # 6 positives; validation fold holds 2 of them
     val_idx = np.array([3, 30] + list(range(5, 15)))
     train_idx = np.setdiff1d(np.arange(60), val_idx)
-    drawn, drawing = rows_drawn(imbalance, y, train_idx)
+    drawn, drawing = rows_drawn(imbalance, y, train_idx, on_device=on_device)
     assert set(drawn) <= set(train_idx)
     positive_share = np.mean(y[drawn])
     if imbalance in ("oversample", "oversample_d4", "balanced_batches"):

@@ -39,6 +39,13 @@ def test_bad_type_and_bad_list_value(class_folder_competition):
         load_competition(comp, ["folds=five"])
     with pytest.raises(SpecError, match=r"'search.loss': unknown value 'hinge'"):
         load_competition(comp, ["search.loss=[ce, hinge]"])
+    with pytest.raises(SpecError, match=r"'search.lr': expected float, got 'fast'"):
+        load_competition(comp, ["search.lr=[fast, 1.0e-3]"])
+
+
+def test_exponents_without_a_dot_are_numbers(class_folder_competition):
+    # YAML 1.1 reads 3e-3 as a string; a competitor writes it that way all the time
+    assert load_competition(class_folder_competition(), ["search.lr=[1e-4, 3e-3]"]).search.lr == [1e-4, 3e-3]
 
 
 def test_unknown_backbone_is_refused_with_suggestions(class_folder_competition):

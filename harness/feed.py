@@ -1,0 +1,167 @@
+"""How batches reach the model: the training fold (augmented, drawn as the imbalance handling
+says) and the rows to predict, as normalised float N×C×H×W tensors on the training device.
+
+Training batches come one of two ways (`search.augment_on`):
+
+- `device`: the decoded images are copied once into device memory; each batch is gathered by
+  index and augmented there with the policy's batch form (`augment.batch_form`). On a small
+  competition an epoch lasts a fraction of a second on a GPU, too short for CPU workers to
+  keep up or even start.
+- `workers`: a DataLoader over the memory-mapped images, albumentations per item in worker
+  processes. Serves every policy, any data size, and segmentation (image and mask together).
+
+`auto` takes `device` on a GPU when the task trains on whole images, the policy has a batch
+form and the images take at most a quarter of the free device memory; else `workers`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import batch_form
+from .sampling import Drawing
+
+AUGMENT_ON = ("auto", "device", "workers")
+
+
+class ArrayDataset(Dataset):
+    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors
+    (with their labels, one per head, when `labels` is given).
+
+    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`.
+    """
+
+    def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
+                 transform: Optional[Callable] = None, keys: Optional[np.ndarray] = None,
+                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None) -> None:
+        self.images, self.index, self.labels, self.transform = images, index, labels, transform
+        self.keys, self.extra_for, self.extra = keys, extra_for, extra
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        img = np.array(self.images[self.index[i]])  # a writable copy of the (memory-mapped) row
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        if self.extra is not None and int(self.keys[self.index[i]]) in self.extra_for:
+            img = self.extra(image=img)["image"]
+        img = img[:, :, None] if img.ndim == 2 else img
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return x if self.labels is None else (x, torch.from_numpy(self.labels[self.index[i]]))
+
+
+def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """uint8 N×C×H×W → normalised float on `dev`, channels-last."""
+    x = x.to(dev, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def resident_images(images: np.ndarray, dev: torch.device) -> Optional[torch.Tensor]:
+    """The whole uint8 array on `dev` as N×C×H×W (channels-last storage), or None when it would
+    take more than a quarter of the free device memory."""
+    if dev.type == "cuda" and images.nbytes > torch.cuda.mem_get_info(dev)[0] // 4:
+        return None
+    return torch.from_numpy(np.array(images)).to(dev).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
+
+
+def augments_on_device(augment_on: str, policy: str, task_on_device: bool, dev: torch.device) -> bool:
+    """Whether training batches are built on the device (`device`) or by DataLoader workers."""
+    if augment_on == "workers" or not task_on_device or batch_form(policy) is None:
+        return False
+    return augment_on == "device" or dev.type == "cuda"
+
+
+class DeviceBatches:
+    """Training batches gathered from device-resident images and augmented on the device.
+
+    Draws the same epochs as the DataLoader path: the drawing's sampler or batch sampler, else
+    a seeded shuffle, dropping a last partial batch when the fold holds more than one batch.
+    """
+
+    def __init__(self, resident: torch.Tensor, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
+                 drawing: Drawing, batch_size: int, policy: str, orientation: str,
+                 mean: torch.Tensor, std: torch.Tensor, seed: int) -> None:
+        dev = resident.device
+        self.resident, self.mean, self.std = resident, mean, std
+        self.rows = torch.as_tensor(train_idx, device=dev)
+        self.y = torch.as_tensor(y, device=dev)
+        self.d4 = torch.as_tensor(np.isin(keys, list(drawing.d4_classes)), device=dev)
+        self.drawing, self.batch_size = drawing, batch_size
+        self.augment, self.orientation = batch_form(policy), orientation
+        self.order_generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=dev).manual_seed(seed)
+        self.drop_last = len(train_idx) > batch_size
+
+    def __len__(self) -> int:
+        if self.drawing.batch_sampler is not None:
+            return len(self.drawing.batch_sampler)
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _positions(self) -> List[np.ndarray]:
+        if self.drawing.batch_sampler is not None:
+            return [np.asarray(batch) for batch in self.drawing.batch_sampler]
+        if self.drawing.sampler is not None:
+            order = np.fromiter(iter(self.drawing.sampler), dtype=np.int64)
+        else:
+            order = torch.randperm(len(self.rows), generator=self.order_generator).numpy()
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        from .augment import random_d4
+
+        for positions in self._positions():
+            rows = self.rows[torch.as_tensor(positions, device=self.rows.device)]
+            x = self.resident[rows].float().div_(255.0)
+            x = self.augment(x, self.orientation, self.generator)
+            if self.drawing.d4_classes:
+                x = random_d4(x, self.generator, self.d4[rows])
+            x = x.sub_(self.mean).div_(self.std).contiguous(memory_format=torch.channels_last)
+            yield x, self.y[rows]
+
+
+class LoaderBatches:
+    """Training batches from a DataLoader (albumentations in workers), moved and normalised."""
+
+    def __init__(self, loader: DataLoader, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.loader, self.mean, self.std = loader, mean, std
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        dev = self.mean.device
+        for x, target in self.loader:
+            yield to_input(x, self.mean, self.std, dev), target.to(dev, non_blocking=True)
+
+
+def worker_loader(dataset: Dataset, drawing: Drawing, batch_size: int, num_workers: int, seed: int,
+                  dev: torch.device) -> DataLoader:
+    """The training fold's DataLoader, drawn as the imbalance handling says."""
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=dev.type == "cuda")
+    if drawing.batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=drawing.batch_sampler, **common)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=drawing.sampler,
+                      shuffle=drawing.sampler is None, generator=generator if drawing.sampler is None else None,
+                      drop_last=len(dataset) > batch_size, **common)
+
+
+def eval_batches(images: Union[np.ndarray, torch.Tensor], index: np.ndarray, batch_size: int,
+                 mean: torch.Tensor, std: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Rows `index` in order, normalised on the device, from a uint8 N×H×W×C array (memory-mapped
+    or not) or from device-resident N×C×H×W images."""
+    dev = mean.device
+    for start in range(0, len(index), batch_size):
+        rows = index[start:start + batch_size]
+        if isinstance(images, torch.Tensor):
+            x = images[torch.as_tensor(rows, device=images.device)]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
+            x = x.pin_memory() if dev.type == "cuda" else x
+        yield to_input(x, mean, std, dev)

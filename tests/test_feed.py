@@ -1,0 +1,99 @@
+"""Batches built on the device: the batch forms of the augmentation policies, the choice between
+device and worker augmentation, and the torch.compile switch, end to end."""
+import json
+
+import pytest
+import torch
+
+from harness.augment import AUGMENTS, batch_form, random_d4
+from harness.feed import augments_on_device
+from harness.spec import SpecError, load_competition
+from harness.train import TrialConfig, load_fold
+
+
+def d4_images(image: torch.Tensor):
+    """The 8 flips/rotations of a C×H×W image; 0 is the image itself, 4 its mirror (left ↔ right)."""
+    return [torch.rot90(flipped, k, (1, 2)) for flipped in (image, image.flip(2)) for k in range(4)]
+
+
+def which_transform(before: torch.Tensor, after: torch.Tensor) -> int:
+    matches = [k for k, candidate in enumerate(d4_images(before)) if torch.equal(candidate, after)]
+    assert matches, "the output is no flip or rotation of its input"
+    return matches[0]
+
+
+@pytest.mark.parametrize("orientation, allowed, least_used", [
+    ("fixed", {0}, 1), ("hflip", {0, 4}, 2), ("free", set(range(8)), 7)])
+def test_light_on_the_device_uses_only_the_flips_the_orientation_allows(orientation, allowed, least_used):
+    x = torch.rand(96, 1, 6, 6)
+    out = batch_form("light")(x.clone(), orientation, torch.Generator().manual_seed(0))
+    used = [which_transform(a, b) for a, b in zip(x, out)]
+    # index 6 of d4_images is the horizontal mirror: flip(2) of C×H×W then rot90 twice
+    assert set(used) <= allowed and len(set(used)) >= least_used
+
+
+def test_d4_for_some_rows_only():
+    x = torch.rand(64, 1, 5, 5)
+    rows = torch.arange(64) % 2 == 0
+    out = random_d4(x.clone(), torch.Generator().manual_seed(1), rows)
+    assert torch.equal(out[~rows], x[~rows])
+    assert sum(which_transform(a, b) != 0 for a, b in zip(x[rows], out[rows])) > 20
+
+
+@pytest.mark.parametrize("policy", ["medium", "heavy"])
+def test_stronger_policies_change_some_images_and_keep_the_range(policy):
+    x = torch.rand(512, 3, 16, 16)
+    out = batch_form(policy)(x.clone(), "fixed", torch.Generator().manual_seed(2))
+    changed = (out - x).abs().flatten(1).amax(1) > 1e-6
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert 256 < int(changed.sum()) < 512  # each transform has its own probability: some images pass untouched
+
+
+def test_every_batch_form_runs_on_the_device_it_is_given():
+    for policy in AUGMENTS:
+        form = batch_form(policy)
+        if form is not None:
+            out = form(torch.rand(4, 1, 8, 8), "free", torch.Generator().manual_seed(0))
+            assert out.shape == (4, 1, 8, 8)
+
+
+def test_where_augmentation_runs():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not augments_on_device("auto", "medium", True, cpu)  # a CPU keeps albumentations
+    assert augments_on_device("auto", "medium", True, gpu)
+    assert augments_on_device("device", "medium", True, cpu)
+    assert not augments_on_device("auto", "elastic", True, gpu)  # no batch form
+    assert not augments_on_device("device", "medium", False, gpu)  # masks need workers
+    assert not augments_on_device("workers", "medium", True, gpu)
+
+
+def test_device_augmentation_needs_policies_with_a_batch_form(class_folder_competition):
+    folder = class_folder_competition()
+    with pytest.raises(SpecError, match=r"'search.augment_on': policy 'elastic' has no device form"):
+        load_competition(folder, ["search.augment_on=device", "search.augment=[light,elastic]"])
+    assert load_competition(folder, ["search.augment_on=device"]).search.augment_on == "device"
+
+
+def test_search_with_device_augmentation_and_submit(class_folder_competition, cli, tmp_path):
+    folder = class_folder_competition(search={"augment": ["heavy"], "augment_on": "device"})
+    run_dir = tmp_path / "run"
+    cli("search", folder, "--run-dir", run_dir, "--trials", "1")
+    config = json.loads((run_dir / "trials" / "t0000" / "config.json").read_text())
+    assert config["augment_on"] == "device" and config["augment"] == "heavy"
+    cli("submit", folder, "--run-dir", run_dir)
+    assert len((run_dir / "submission.csv").read_text().splitlines()) == 1 + 10
+
+
+def test_compiled_trial_saves_a_plain_model_and_its_folds_are_reused_without_compile(
+        class_folder_competition, cli, tmp_path):
+    folder = class_folder_competition()
+    run_dir = tmp_path / "run"
+    cli("search", folder, "--run-dir", run_dir, "--trials", "1", "--set", "search.compile=true")
+    state = torch.load(run_dir / "trials" / "t0000" / "fold0" / "model.pt")
+    assert not any(key.startswith("_orig_mod") for key in state)
+    # a study resumed on a machine without a compiler keeps the finished folds
+    config = json.loads((run_dir / "trials" / "t0000" / "config.json").read_text())
+    assert config["compile"] is True
+    plain = TrialConfig(**{**config, "compile": False})
+    assert all(load_fold(run_dir / "trials" / "t0000" / f"fold{k}", plain.digest()) is not None for k in (0, 1))
+    assert load_fold(run_dir / "trials" / "t0000" / "fold0", TrialConfig(**{**config, "lr": 0.1}).digest()) is None
