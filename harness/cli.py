@@ -28,12 +28,16 @@ def run_options(command: Callable) -> Callable:
     @click.option("--data-root", help="Data folder (else $HARNESS_DATA, else the spec's data_root).")
     @click.option("--run-dir", help="Run folder (default runs/<name>).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override a competition.yaml field by dotted path, e.g. search.epochs=[1].")
+                  help="Override a competition.yaml field by dotted path, e.g. search.epochs=[1]; "
+                       "`search` remembers them for later commands on the same run dir.")
     @click.option("--storage", help="Optuna storage URL (default sqlite:///<run-dir>/study.db).")
     @functools.wraps(command)
     def wrapper(competition, data_root, run_dir, overrides, storage, **kwargs):
         try:
             run = open_run(competition, data_root, run_dir, overrides, storage)
+            if run.remembered:
+                click.echo(f"with the overrides remembered in {run.paths.options_json}: "
+                           + " ".join(f"--set {item}" for item in run.remembered), err=True)
             return command(run, **kwargs)
         except SpecError as err:
             raise click.ClickException(str(err)) from None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import batch_form
+from .augment import batch_form, random_d4
 from .sampling import Drawing
 
 AUGMENT_ON = ("auto", "device", "workers")
@@ -113,8 +113,6 @@ class DeviceBatches:
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        from .augment import random_d4
-
         for positions in self._positions():
             rows = self.rows[torch.as_tensor(positions, device=self.rows.device)]
             x = self.resident[rows].float().div_(255.0)

@@ -2,6 +2,7 @@
 
 runs/<name>/
     study.db                      Optuna storage (default; --storage picks another, remembered in study.url)
+    options.json                  the --set overrides of `search`, applied again by every later command
     folds.csv                     fold of each training image, fixed for the whole study
     cache/                        decoded images per (listing, size, channels), memory-mapped .npy
     trials/t0007/config.json      the trial's resolved configuration
@@ -15,12 +16,13 @@ runs/<name>/
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .spec import Competition, load_competition
+from .spec import Competition, SpecError, load_competition
 
 
 @dataclass
@@ -34,6 +36,10 @@ class RunPaths:
     @property
     def study_url_file(self) -> Path:
         return self.root / "study.url"
+
+    @property
+    def options_json(self) -> Path:
+        return self.root / "options.json"
 
     @property
     def folds_csv(self) -> Path:
@@ -75,6 +81,13 @@ class Run:
     paths: RunPaths
     data_root: Path
     storage_url: str
+    overrides: List[str] = field(default_factory=list)  # remembered ones first, then this command's
+    remembered: List[str] = field(default_factory=list)  # read from options.json
+
+    def remember_overrides(self) -> None:
+        """Store the overrides so that later commands on this run dir need not repeat them."""
+        if self.overrides:
+            atomic_write_text(self.paths.options_json, json.dumps({"overrides": self.overrides}, indent=1))
 
     @property
     def study_name(self) -> str:
@@ -83,12 +96,38 @@ class Run:
 
 def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optional[str] = None,
              overrides: Sequence[str] = (), storage: Optional[str] = None) -> Run:
-    """Resolve everything a command needs from the CLI's options (or their Python equivalents)."""
-    spec = load_competition(folder, overrides)
-    root = Path(run_dir) if run_dir else Path("runs") / spec.name
+    """Resolve everything a command needs from the CLI's options (or their Python equivalents).
+
+    Overrides that `search` remembered in the run dir apply first; this command's `overrides`
+    are applied after them, so they win key by key.
+    """
+    root = Path(run_dir) if run_dir else Path("runs") / load_competition(folder, overrides).name
     paths = RunPaths(root.resolve())
+    remembered = _remembered_overrides(paths)
+    overrides = merge_overrides(remembered, overrides)
+    spec = load_competition(folder, overrides)
     data = spec.resolve_data_root(data_root, paths.root)
-    return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage))
+    return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
+               overrides=overrides, remembered=remembered)
+
+
+def merge_overrides(first: Sequence[str], then: Sequence[str]) -> List[str]:
+    """KEY=VALUE lists combined, one entry per key: a key in `then` replaces the one in `first`."""
+    merged: Dict[str, str] = {}
+    for item in [*first, *then]:
+        key = item.split("=", 1)[0].strip()
+        merged.pop(key, None)
+        merged[key] = item
+    return list(merged.values())
+
+
+def _remembered_overrides(paths: RunPaths) -> List[str]:
+    if not paths.options_json.is_file():
+        return []
+    try:
+        return list(json.loads(paths.options_json.read_text())["overrides"])
+    except (ValueError, KeyError, TypeError):
+        raise SpecError(f"{paths.options_json}: not the overrides harness wrote; delete it or fix it") from None
 
 
 def _storage_url(paths: RunPaths, storage: Optional[str]) -> str:

@@ -48,18 +48,7 @@ def data_summary(data: SearchData) -> str:
     train_probe = probe_images(s.train["path"].unique().tolist())
     test_probe = probe_images(s.test["path"].unique().tolist())
     lines = [f"data root: {s.data_root}"]
-    if data.segmentation:
-        lines += [f"train: {len(s.train)} images with masks; test: {len(s.test)} images",
-                  f"masks: {data.y.shape[1]}x{data.y.shape[2]}, positive pixels {data.y.mean():.1%}"]
-    elif len(s.heads) == 1:
-        counts = s.train["label"].value_counts().reindex(s.classes)
-        lines += [f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
-                  "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
-    else:
-        lines.append(f"train: {len(s.train)} images, {len(s.heads)} heads; test: {len(s.test)} images")
-        for i, (head, classes) in enumerate(s.heads.items()):
-            counts = np.bincount(s.y[:, i], minlength=len(classes))
-            lines.append(f"{head}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+    lines += data.targets.summary_lines(s, data.y)
     if s.train["group"].notna().any():
         lines.append(f"groups: {s.train['group'].nunique()} (largest {s.train['group'].value_counts().max()})")
     fold_sizes = pd.Series(data.fold).value_counts().sort_index()

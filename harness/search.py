@@ -27,12 +27,12 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .folds import folds_hash, listing_hash, load_or_make_folds
-from .images import infer_channels, load_resized, probe_images
+from .images import infer_channels, probe_images
 from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, metric_registry, to_dict
-from .segmentation import SegmentationTask, buildable, load_masks, load_native
+from .segmentation import SegmentationTask, load_masks
 from .targets import Targets, targets_for
 from .train import FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 
@@ -74,14 +74,10 @@ class SearchData:
     fold: np.ndarray
     folds_hash: str
     y: np.ndarray  # N × H class indices, or N × H × W masks
-    segmentation: bool = False
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Train and test images: resized to `size` for classification, at their own size for masks."""
-        if self.segmentation:
-            return (load_native(self.samples.train, self.channels),
-                    load_native(self.samples.test, self.channels))
-        return tuple(load_resized(frame["path"].tolist(), size, self.channels, cache)
+        """Train and test images as the task's model takes them (see `Targets.load_images`)."""
+        return tuple(self.targets.load_images(frame, size, self.channels, cache)
                      for frame in (self.samples.train, self.samples.test))
 
     @property
@@ -97,14 +93,13 @@ def prepare_data(run: Run) -> SearchData:
     )
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
                                run.spec.fold_by)
-    segmentation = run.spec.task == "segmentation"
-    if segmentation:
+    if run.spec.task == "segmentation":
         targets = SegmentationTask.for_metric(run.spec.metric)
         y = load_masks(samples.train, run.spec.positive_value)
     else:
         targets, y = targets_for(run.spec, samples.heads), samples.y
     return SearchData(samples=samples, targets=targets, channels=channels, fold=table["fold"].to_numpy(),
-                      folds_hash=folds_hash(table), y=y, segmentation=segmentation)
+                      folds_hash=folds_hash(table), y=y)
 
 
 def open_study(run: Run, create: bool) -> optuna.Study:
@@ -131,6 +126,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True)
     _check_fingerprint(study, run, data)
+    run.remember_overrides()
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
     objective = Objective(run, data, echo)
@@ -191,13 +187,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     s = run.spec.search
     heads = data.targets.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
-    if data.segmentation:
-        models = buildable(tuple(s.architectures), tuple(s.backbones), data.channels)
-        if not models:
-            raise SpecError("no combination of search.architectures and search.backbones builds")
-        backbone, family = trial.suggest_categorical("model", models), "smp"
-    else:
-        backbone, family = trial.suggest_categorical("backbone", s.backbones), "timm_classifier"
+    backbone, family = data.targets.suggest_model(trial, s, data.channels)
     return TrialConfig(
         backbone=backbone, model_family=family,
         image_size=trial.suggest_categorical("image_size", s.image_size),

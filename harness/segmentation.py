@@ -252,6 +252,23 @@ class SegmentationTask:
         """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""
         return [(self.heads[0], y.ravel(), labels.ravel(), None)]
 
+    def load_images(self, frame, size: int, channels: int, cache) -> np.ndarray:
+        """The listed images at their own size: training crops `size`, prediction sees whole images."""
+        return load_native(frame, channels)
+
+    def suggest_model(self, trial, search, channels: int) -> Tuple[str, str]:
+        """(architecture/encoder, "smp") for one trial, among the combinations that build."""
+        from .spec import SpecError
+
+        models = buildable(tuple(search.architectures), tuple(search.backbones), channels)
+        if not models:
+            raise SpecError("no combination of search.architectures and search.backbones builds")
+        return trial.suggest_categorical("model", models), "smp"
+
+    def summary_lines(self, samples, y: np.ndarray) -> List[str]:
+        return [f"train: {len(samples.train)} images with masks; test: {len(samples.test)} images",
+                f"masks: {y.shape[1]}x{y.shape[2]}, positive pixels {y.mean():.1%}"]
+
 
 def rle_encode(mask: np.ndarray) -> str:
     """Kaggle run-length encoding: 1-based start/length pairs over the column-major pixel order."""

@@ -31,7 +31,7 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     test = ens.blend({p.number: p.test for p in preds})
     out = run.paths.submission(run.spec.submission.file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if data.segmentation:
+    if run.spec.submission.format != "csv":  # masks: tiff, png_folder, rle_csv
         written = write_masks(run.spec, data.samples.test, data.targets.labels(test, ens.thresholds), out)
     else:
         frame = submission_frame(run.spec, data.targets, data.samples.test["id"], test, ens.thresholds)

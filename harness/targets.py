@@ -138,6 +138,29 @@ class Targets:
         return [(h, y[:, i], labels[:, i], oof[:, h.cols][:, 1] if h.binary else None)
                 for i, h in enumerate(self.heads)]
 
+    def load_images(self, frame, size: int, channels: int, cache) -> np.ndarray:
+        """The listed images decoded and resized to `size` × `size`: the model sees whole images."""
+        from .images import load_resized
+
+        return load_resized(frame["path"].tolist(), size, channels, cache)
+
+    def suggest_model(self, trial, search, channels: int) -> Tuple[str, str]:
+        """(model name, model family) for one trial."""
+        return trial.suggest_categorical("backbone", search.backbones), "timm_classifier"
+
+    def summary_lines(self, samples, y: np.ndarray) -> List[str]:
+        """Class counts per head, as `harness validate` prints them."""
+        s = samples
+        if len(self.heads) == 1:
+            counts = s.train["label"].value_counts().reindex(s.classes)
+            return [f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
+                    "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
+        lines = [f"train: {len(s.train)} images, {len(self.heads)} heads; test: {len(s.test)} images"]
+        for i, head in enumerate(self.heads):
+            counts = np.bincount(y[:, i], minlength=len(head.classes))
+            lines.append(f"{head.name}: " + ", ".join(f"{c} {n}" for c, n in zip(head.classes, counts)))
+        return lines
+
 
 class MultiHeadLoss(nn.Module):
     """Each head's own loss on its columns, summed with the heads' loss weights."""

@@ -1,5 +1,4 @@
 """Several heads on one backbone, person-grouped folds, one submission column per head."""
-import json
 
 import numpy as np
 import optuna

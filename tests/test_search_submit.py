@@ -5,7 +5,6 @@ import json
 import numpy as np
 import optuna
 import pandas as pd
-import pytest
 import torch
 from optuna.trial import TrialState
 
@@ -140,6 +139,23 @@ def test_storage_url_is_remembered(class_folder_competition, cli, tmp_path):
     assert (tmp_path / "elsewhere.db").is_file() and not (run_dir / "study.db").exists()
     assert "complete" in cli("status", comp, "--run-dir", run_dir).output
     assert len(open_study(open_run(comp, run_dir=str(run_dir)), create=False).trials) == 1
+
+
+def test_overrides_of_search_are_remembered_by_the_run_dir(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "folds=3", "--set", "search.lr=[0.002]")
+    # status and submit need no --set: the 3 folds and the narrowed lr come from the run dir
+    status = cli("status", comp, "--run-dir", run_dir).output
+    assert "with the overrides remembered in" in status and "--set folds=3 --set search.lr=[0.002]" in status
+    cli("submit", comp, "--run-dir", run_dir, "--set", "submission.file=other.csv")
+    assert (run_dir / "other.csv").is_file()
+    # a later --set wins key by key; more trials continue the same study
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.epochs=[1]")
+    assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE] * 2
+    assert json.loads((run_dir / "options.json").read_text())["overrides"] == [
+        "folds=3", "search.lr=[0.002]", "search.epochs=[1]"]
+    assert "folds.csv: has 3 folds, the spec asks 2" in cli(
+        "search", comp, "--run-dir", run_dir, "--trials", "3", "--set", "folds=2", ok=False).output
 
 
 @search_module.PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
