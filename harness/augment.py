@@ -90,11 +90,11 @@ def batch_affine(x: torch.Tensor, p: Dict, orientation: str, g: torch.Generator)
     shear = torch.deg2rad(_uniform(n, -p["shear"], p["shear"], g, dev)) * on
     scale = torch.where(on, _uniform(n, *p["scale"], g, dev), torch.ones(n, device=dev))
     shift = _uniform(2 * n, -p["translate"], p["translate"], g, dev).view(n, 2) * 2 * on[:, None]
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # affine_grid maps output to input coordinates: the inverse of rotate∘shear∘scale
-    forward = torch.stack([torch.stack([cos, -sin + cos * torch.tan(shear)], 1),
-                           torch.stack([sin, cos + sin * torch.tan(shear)], 1)], 1) * scale[:, None, None]
-    inverse = torch.linalg.inv(forward)
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    # forward = scale · rotate · shear = s·[[a, b], [c, d]]; affine_grid maps output to input
+    # coordinates, so theta holds its inverse, written out for 2×2 (det(rotate · shear) = 1)
+    a, b, c, d = cos, cos * tan - sin, sin, sin * tan + cos
+    inverse = torch.stack([torch.stack([d, -b], 1), torch.stack([-c, a], 1)], 1) / scale[:, None, None]
     theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], dim=2)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -94,7 +94,7 @@ def prepare_data(run: Run) -> SearchData:
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
                                run.spec.fold_by)
     if run.spec.task == "segmentation":
-        targets = SegmentationTask.for_metric(run.spec.metric)
+        targets = SegmentationTask.for_metric(run.spec.metric, run.spec.tile_size)
         y = load_masks(samples.train, run.spec.positive_value)
     else:
         targets, y = targets_for(run.spec, samples.heads), samples.y

@@ -142,6 +142,34 @@ class PadToMultiple(nn.Module):
         return self.model(x)[..., :h, :w]
 
 
+def tiled_logits(model: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """The model's N × C × H × W output, computed on `tile`-sized windows that overlap by `overlap`
+    and blended with weights that fall towards each window's edge, where it sees least context."""
+    h, w = x.shape[-2:]
+    th, tw = min(tile, h), min(tile, w)
+    window = _edge_weights(th, overlap, x.device)[:, None] * _edge_weights(tw, overlap, x.device)[None, :]
+    out, total = None, torch.zeros(h, w, device=x.device)
+    for top in _window_starts(h, th, overlap):
+        for left in _window_starts(w, tw, overlap):
+            logits = model(x[..., top:top + th, left:left + tw]).float()
+            if out is None:
+                out = torch.zeros(x.shape[0], logits.shape[1], h, w, device=x.device)
+            out[..., top:top + th, left:left + tw] += logits * window
+            total[top:top + th, left:left + tw] += window
+    return out / total
+
+
+def _window_starts(length: int, size: int, overlap: int) -> List[int]:
+    step = max(1, size - overlap)
+    starts = list(range(0, length - size, step))
+    return starts + [length - size]  # the last window ends at the border
+
+
+def _edge_weights(size: int, overlap: int, device: torch.device) -> torch.Tensor:
+    distance = torch.minimum(torch.arange(size, device=device), torch.arange(size, device=device).flip(0))
+    return ((distance + 1) / (overlap / 2 + 1)).clamp(max=1.0)
+
+
 @MODEL_FAMILIES.register("smp")
 def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> nn.Module:
     """segmentation_models_pytorch architecture on a timm encoder; `name` is 'arch/encoder'."""
@@ -202,13 +230,14 @@ class SegmentationTask:
 
     metric: str
     heads: List[Head]
+    tile_size: int = 1024  # images with a longer side are predicted in overlapping tiles
 
     # image and mask are augmented and cropped together by DataLoader workers (feed.py)
     trains_on_whole_images = False
 
     @classmethod
-    def for_metric(cls, metric: str) -> "SegmentationTask":
-        return cls(metric, [Head("mask", ["background", "positive"], metric, 0)])
+    def for_metric(cls, metric: str, tile_size: int = 1024) -> "SegmentationTask":
+        return cls(metric, [Head("mask", ["background", "positive"], metric, 0)], tile_size)
 
     width = 1
     sizes = [2]
@@ -219,6 +248,12 @@ class SegmentationTask:
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, 0].float().sigmoid()
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Probability maps of whole images; large ones in overlapping tiles (memory stays bounded)."""
+        if max(x.shape[-2:]) <= self.tile_size:
+            return self.activate(model(x))
+        return self.activate(tiled_logits(model, x, self.tile_size, self.tile_size // 4))
 
     def score(self, y: np.ndarray, proba: np.ndarray, thresholds=None) -> float:
         return SEG_METRICS.get(self.metric)(y, proba, (thresholds or {}).get("mask"))

@@ -108,6 +108,7 @@ class Competition:
     positive: Optional[str] = None  # binary: the positive class label (default: the last one)
     positive_value: Optional[int] = None  # segmentation: mask value of the positive class (default: any > 0)
     negative_value: Optional[int] = None  # segmentation: value written for other pixels (default 0 / 255)
+    tile_size: int = 1024  # segmentation: images with a longer side are predicted in overlapping tiles
     fold_by: str = field(default="stratified", metadata={"choices": ["stratified", "blocks"]})
     data_root: Optional[str] = None  # relative to the competition folder
     prepare: Optional[str] = field(default=None, metadata=_choices("harness.layouts:PREPARERS"))
@@ -265,6 +266,8 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     s = spec.search
     if spec.folds < 2:
         raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}")
+    if spec.tile_size < 32:
+        raise SpecError(f"{path}: 'tile_size': needs at least 32, got {spec.tile_size}")
     for key in ("lr", "weight_decay"):
         values = getattr(s, key)
         if len(values) > 2 or min(values) <= 0:

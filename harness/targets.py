@@ -68,6 +68,10 @@ class Targets:
         """Per-head softmax of N × ΣC logits."""
         return torch.cat([logits[:, h.cols].float().softmax(1) for h in self.heads], dim=1)
 
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities for a normalised batch (at inference)."""
+        return self.activate(model(x))
+
     def head_scores(self, y: np.ndarray, proba: np.ndarray, thresholds: Thresholds = None) -> Dict[str, float]:
         return {h.name: METRICS.get(h.metric)(y[:, i], proba[:, h.cols], (thresholds or {}).get(h.name))
                 for i, h in enumerate(self.heads)}

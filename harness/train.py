@@ -117,7 +117,7 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
         resident = resident_images(images, dev)
     batches = train_batches(cfg, targets, images, resident, y, keys, train_idx, drawing, mean, std, fold)
     net = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
-    predict = functools.partial(predict_proba, net, activate=targets.activate, mean=mean, std=std,
+    predict = functools.partial(predict_proba, net, forward=targets.predict, mean=mean, std=std,
                                 batch_size=cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(batches))
@@ -172,9 +172,10 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
 
 
 def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor], index: np.ndarray,
-                  views: List[str], activate: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor,
+                  views: List[str], forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+                  mean: torch.Tensor,
                   std: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Probabilities (`activate`d logits) averaged over flip views, len(index) × C.
+    """Probabilities (`forward(model, x)`: the task's `predict`) averaged over flip views, len(index) × C.
 
     `images`: uint8 N×H×W×C (memory-mapped or not), or device-resident N×C×H×W (`feed.resident_images`).
     """
@@ -185,7 +186,7 @@ def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor
     with torch.inference_mode(), torch.autocast(dev.type, dtype=amp or torch.float32,
                                                 enabled=amp is not None):
         for x in eval_batches(images, index, 2 * batch_size, mean, std):
-            p = sum(_unview(activate(model(_view(x, v))), v) for v in views) / len(views)
+            p = sum(_unview(forward(model, _view(x, v)), v) for v in views) / len(views)
             out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
@@ -230,7 +231,7 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
     model = model.float().to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
-    return predict_proba(model, images, np.arange(len(images)), views, targets.activate, mean, std,
+    return predict_proba(model, images, np.arange(len(images)), views, targets.predict, mean, std,
                          cfg.batch_size)
 
 

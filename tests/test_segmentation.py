@@ -149,6 +149,37 @@ def test_smp_models_pad_to_stride_and_normalise_like_their_encoder():
     assert mean.item() == pytest.approx((0.485 + 0.456 + 0.406) / 3)  # ImageNet, averaged to grey
 
 
+def test_tiles_cover_the_image_and_blend_back_to_the_whole():
+    import torch
+
+    from harness.segmentation import tiled_logits
+
+    pointwise = torch.nn.Conv2d(1, 2, kernel_size=1)  # sees one pixel: tiling must not change it
+    x = torch.randn(2, 1, 150, 203)
+    with torch.no_grad():
+        tiled = tiled_logits(pointwise, x, tile=64, overlap=16)
+        assert tiled.shape == (2, 2, 150, 203)
+        assert torch.allclose(tiled, pointwise(x), atol=1e-5)
+        seen = []
+        tiled_logits(lambda t: seen.append(tuple(t.shape[-2:])) or torch.zeros(2, 1, *t.shape[-2:]), x, 64, 16)
+    assert set(seen) == {(64, 64)} and len(seen) == 3 * 4  # rows start 0, 48, 86; columns 0, 48, 96, 139
+
+
+def test_images_larger_than_the_tile_are_predicted_in_tiles(volume, cli, tmp_path, monkeypatch):
+    import harness.segmentation as seg
+
+    calls = []
+    original = seg.tiled_logits
+    monkeypatch.setattr(seg, "tiled_logits", lambda *a: calls.append(a[1].shape) or original(*a))
+    run_dir = tmp_path / "run"
+    cli("search", volume, "--run-dir", run_dir, "--trials", "1", "--set", "tile_size=32",
+        "--set", "search.architectures=[unet]", "--set", "search.epochs=[1]")
+    assert calls and all(shape[-2:] == (48, 48) for shape in calls)  # OOF and test slices, in 32-px tiles
+    assert np.load(run_dir / "trials" / "t0000" / "fold0" / "oof.npy").shape == (4, 48, 48)
+    cli("submit", volume, "--run-dir", run_dir)
+    assert tifffile.imread(run_dir / "test-labels.tif").shape == (4, 48, 48)
+
+
 def test_augmentation_moves_image_and_mask_together():
     from harness.augment import AUGMENTS
     from harness.segmentation import SegmentationTask
