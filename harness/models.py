@@ -3,11 +3,13 @@
 `pretrained` is `false` (random init), `true` (timm's hub loading, which also uses the local
 Hugging Face cache when offline) or a path to a local weights file (loaded through timm's own
 `pretrained_cfg_overlay=dict(file=...)`, so the head and input channels are adapted as timm does).
+The segmentation family (`segmentation.smp_model`) reads `pretrained` the same way.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import timm
 import torch
@@ -18,26 +20,43 @@ from .registry import Registry
 MODEL_FAMILIES = Registry("model family")
 
 
-@MODEL_FAMILIES.register("timm_classifier")
-def timm_classifier(name: str, num_classes: int, in_chans: int,
-                    pretrained: Union[bool, str] = False) -> nn.Module:
-    """Any timm backbone with a fresh `num_classes` head."""
-    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file {path} does not exist")
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                 pretrained_cfg_overlay={"file": str(path)})
-    use_hub = pretrained is True or str(pretrained).lower() == "true"
+def weights_file(pretrained: Union[bool, str]) -> Optional[str]:
+    """The local weights file `pretrained` names, or None for true/false; a missing file is an error."""
+    if not isinstance(pretrained, str) or pretrained.lower() in ("true", "false"):
+        return None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file {path} does not exist")
+    return str(path)
+
+
+def uses_pretrained(pretrained: Union[bool, str]) -> bool:
+    return pretrained is True or str(pretrained).lower() != "false"
+
+
+@contextmanager
+def loading_weights(name: str, pretrained: Union[bool, str]) -> Iterator[None]:
+    """Turns a failed hub download into one line that says what to do without a network."""
     try:
-        return timm.create_model(name, pretrained=use_hub, num_classes=num_classes, in_chans=in_chans)
+        yield
     except (OSError, RuntimeError) as err:
-        if not use_hub:
+        if not uses_pretrained(pretrained) or weights_file(pretrained):
             raise
         raise RuntimeError(
             f"pretrained weights for {name!r} could not be loaded ({type(err).__name__}); "
             "without a network set search.pretrained to false or to a local weights file"
         ) from None
+
+
+@MODEL_FAMILIES.register("timm_classifier")
+def timm_classifier(name: str, num_classes: int, in_chans: int,
+                    pretrained: Union[bool, str] = False) -> nn.Module:
+    """Any timm backbone with a fresh `num_classes` head."""
+    file = weights_file(pretrained)
+    overlay = {"pretrained_cfg_overlay": {"file": file}} if file else {}
+    with loading_weights(name, pretrained):
+        return timm.create_model(name, pretrained=uses_pretrained(pretrained), num_classes=num_classes,
+                                 in_chans=in_chans, **overlay)
 
 
 def normalisation(model: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:

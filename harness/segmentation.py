@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .models import MODEL_FAMILIES
+from .models import MODEL_FAMILIES, loading_weights, uses_pretrained, weights_file
 from .registry import Registry
 from .targets import Head
 
@@ -176,9 +176,11 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
     import segmentation_models_pytorch as smp
 
     arch, encoder = name.split("/", 1)
-    weights = "imagenet" if pretrained is True or str(pretrained).lower() == "true" else None
-    net = smp.create_model(arch, encoder_name=f"tu-{encoder}", encoder_weights=weights,
-                           in_channels=in_chans, classes=num_classes)
+    file = weights_file(pretrained)  # a timm checkpoint of the encoder; timm adapts its input channels
+    overlay = {"pretrained_cfg_overlay": {"file": file}} if file else {}
+    with loading_weights(encoder, pretrained):
+        net = smp.create_model(arch, encoder_name=f"tu-{encoder}", in_channels=in_chans, classes=num_classes,
+                               encoder_weights="imagenet" if uses_pretrained(pretrained) else None, **overlay)
     model = PadToMultiple(net)
     # the timm encoder's mean/std, so inputs are normalised as the pretrained encoder expects
     model.pretrained_cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", {})

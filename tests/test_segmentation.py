@@ -149,6 +149,37 @@ def test_smp_models_pad_to_stride_and_normalise_like_their_encoder():
     assert mean.item() == pytest.approx((0.485 + 0.456 + 0.406) / 3)  # ImageNet, averaged to grey
 
 
+def test_segmentation_encoder_weights_from_a_local_file(tmp_path):
+    import timm
+    import torch
+
+    from harness.segmentation import smp_model
+
+    source = timm.create_model("resnet10t", pretrained=False)  # a classifier checkpoint, 3 channels
+    torch.save(source.state_dict(), tmp_path / "encoder.pth")
+    model = smp_model("unet/resnet10t", 1, 1, pretrained=str(tmp_path / "encoder.pth"))
+    encoder = model.model.encoder.model
+    assert torch.equal(encoder.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
+    assert torch.allclose(encoder.conv1[0].weight, source.conv1[0].weight.sum(1, keepdim=True), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        smp_model("unet/resnet10t", 1, 1, pretrained=str(tmp_path / "nowhere.pth"))
+
+
+def test_no_network_for_hub_weights_says_what_to_do(monkeypatch):
+    import segmentation_models_pytorch as smp
+
+    from harness.segmentation import smp_model
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(smp, "create_model", offline)
+    with pytest.raises(RuntimeError, match="set search.pretrained to false or to a local weights file"):
+        smp_model("unet/resnet10t", 1, 1, pretrained=True)
+    with pytest.raises(OSError, match="couldn't connect"):  # not a weights problem: left as it is
+        smp_model("unet/resnet10t", 1, 1, pretrained=False)
+
+
 def test_tiles_cover_the_image_and_blend_back_to_the_whole():
     import torch
 
