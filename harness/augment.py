@@ -42,8 +42,8 @@ def _rotation(p: Dict, orientation: str) -> float:
 def _affine_and_colour(p: Dict, orientation: str) -> List[A.BasicTransform]:
     rotate = _rotation(p, orientation)
     return [
-        A.Affine(scale=p["scale"], translate_percent=(-p["translate"], p["translate"]), rotate=(-rotate, rotate),
-                 shear=(-p["shear"], p["shear"]), p=p["affine_p"]),
+        A.Affine(scale=p["scale"], keep_ratio=True, translate_percent=(-p["translate"], p["translate"]),
+                 rotate=(-rotate, rotate), shear={"x": (-p["shear"], p["shear"]), "y": (0, 0)}, p=p["affine_p"]),
         A.RandomBrightnessContrast(brightness_limit=p["brightness"], contrast_limit=p["contrast"],
                                    p=p["colour_p"]),
     ]
@@ -62,13 +62,16 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, dev: torch.dev
 def random_d4(x: torch.Tensor, g: torch.Generator, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each image (of `rows`, if given) gets one of the 8 flips/rotations, uniformly."""
     n, dev = x.shape[0], x.device
+    square = x.shape[2] == x.shape[3]
     flip = _chance(n, 0.5, g, dev)
-    turns = torch.randint(0, 4 if x.shape[2] == x.shape[3] else 1, (n,), generator=g, device=dev)
-    vflip = _chance(n, 0.5, g, dev) if x.shape[2] != x.shape[3] else torch.zeros_like(flip)
+    turns = torch.randint(0, 4 if square else 1, (n,), generator=g, device=dev)
+    vflip = torch.zeros_like(flip) if square else _chance(n, 0.5, g, dev)
     if rows is not None:
         flip, turns, vflip = flip & rows, turns * rows, vflip & rows
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    x = torch.where(vflip[:, None, None, None], x.flip(2), x)  # non-square: hflip × vflip is the group
+    x = torch.where(vflip[:, None, None, None], x.flip(2), x)
+    if not square:  # quarter turns would change the shape: hflip × vflip is all of the group
+        return x
     out = x
     for k in (1, 2, 3):
         out = torch.where((turns == k)[:, None, None, None], torch.rot90(x, k, (2, 3)), out)

@@ -64,8 +64,11 @@ def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.
 def resident_images(images: np.ndarray, dev: torch.device) -> Optional[torch.Tensor]:
     """The whole uint8 array on `dev` as N×C×H×W (channels-last storage), or None when it would
     take more than a quarter of the free device memory."""
-    if dev.type == "cuda" and images.nbytes > torch.cuda.mem_get_info(dev)[0] // 4:
-        return None
+    if dev.type == "cuda":
+        # memory PyTorch holds in its cache but does not use (the last fold's) is free to us
+        free = torch.cuda.mem_get_info(dev)[0] + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        if images.nbytes > free // 4:
+            return None
     return torch.from_numpy(np.array(images)).to(dev).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
 
 
@@ -113,8 +116,10 @@ class DeviceBatches:
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for positions in self._positions():
-            rows = self.rows[torch.as_tensor(positions, device=self.rows.device)]
+        positions = self._positions()
+        # one host → device copy per epoch: a copy per batch would wait for the previous step
+        epoch_rows = self.rows[torch.as_tensor(np.concatenate(positions), device=self.rows.device)]
+        for rows in torch.split(epoch_rows, [len(p) for p in positions]):
             x = self.resident[rows].float().div_(255.0)
             x = self.augment(x, self.orientation, self.generator)
             if self.drawing.d4_classes:
@@ -155,10 +160,12 @@ def eval_batches(images: Union[np.ndarray, torch.Tensor], index: np.ndarray, bat
     """Rows `index` in order, normalised on the device, from a uint8 N×H×W×C array (memory-mapped
     or not) or from device-resident N×C×H×W images."""
     dev = mean.device
+    resident = isinstance(images, torch.Tensor)
+    device_index = torch.as_tensor(index, device=images.device) if resident else None
     for start in range(0, len(index), batch_size):
         rows = index[start:start + batch_size]
-        if isinstance(images, torch.Tensor):
-            x = images[torch.as_tensor(rows, device=images.device)]
+        if resident:
+            x = images[device_index[start:start + batch_size]]
         else:
             x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2)
             x = x.pin_memory() if dev.type == "cuda" else x

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .spec import Competition, SpecError, load_competition
+from .spec import Competition, SpecError, load_competition, read_raw
 
 
 @dataclass
@@ -101,11 +101,17 @@ def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optio
     Overrides that `search` remembered in the run dir apply first; this command's `overrides`
     are applied after them, so they win key by key.
     """
-    root = Path(run_dir) if run_dir else Path("runs") / load_competition(folder, overrides).name
+    # the default run dir needs only the name: validation waits for the remembered overrides
+    root = Path(run_dir) if run_dir else Path("runs") / str(read_raw(folder, overrides)[1].get("name", ""))
     paths = RunPaths(root.resolve())
     remembered = _remembered_overrides(paths)
     overrides = merge_overrides(remembered, overrides)
-    spec = load_competition(folder, overrides)
+    try:
+        spec = load_competition(folder, overrides)
+    except SpecError as err:
+        if not remembered:
+            raise
+        raise SpecError(f"{err} (with the overrides remembered in {paths.options_json})") from None
     data = spec.resolve_data_root(data_root, paths.root)
     return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
                overrides=overrides, remembered=remembered)

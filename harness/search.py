@@ -34,7 +34,7 @@ from .registry import Registry
 from .spec import SpecError, metric_registry, to_dict
 from .segmentation import SegmentationTask, load_masks
 from .targets import Targets, targets_for
-from .train import FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
+from .train import HOW_FIELDS, FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -295,6 +295,7 @@ def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
             "heads", "search")
+    spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS}
     return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
 
 

@@ -10,7 +10,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -130,6 +130,18 @@ class Competition:
 
 def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:
     """Read `<folder>/competition.yaml`, apply `--set key=value` overrides, validate."""
+    path, raw = read_raw(folder, overrides)
+    try:
+        spec = _build(Competition, raw, "")
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
+    spec.folder = path.parent.resolve()
+    _check_consistency(spec, path)
+    return spec
+
+
+def read_raw(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Path, Dict[str, Any]]:
+    """(spec path, the YAML mapping with the overrides applied), not yet validated."""
     folder = Path(folder)
     path = folder / SPEC_FILE if folder.is_dir() else folder
     if not path.is_file():
@@ -143,13 +155,7 @@ def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) ->
     for item in overrides:
         apply_override(raw, item)
     raw.pop("folder", None)
-    try:
-        spec = _build(Competition, raw, "")
-    except SpecError as err:
-        raise SpecError(f"{path}: {err}") from None
-    spec.folder = path.parent.resolve()
-    _check_consistency(spec, path)
-    return spec
+    return path, raw
 
 
 def apply_override(raw: Dict[str, Any], item: str) -> None:

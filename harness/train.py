@@ -60,12 +60,15 @@ class TrialConfig:
     def digest(self) -> str:
         # how the data is loaded and the model executed is not what is trained: a fold finished on
         # another machine (other workers, no GPU, no compiler) is reused
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _HOW_FIELDS}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS}
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-_HOW_FIELDS = ("num_workers", "augment_on", "compile")
+PREDICT_PIXELS = 64 * 1024 * 1024  # image pixels per prediction batch (flip views and tiles add to it)
+
+# how a fold is run, not what is trained: left out of the trial digest and the study fingerprint
+HOW_FIELDS = ("num_workers", "augment_on", "compile")
 
 
 @dataclass
@@ -116,6 +119,8 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     if augments_on_device(cfg.augment_on, cfg.augment, targets.trains_on_whole_images, dev):
         resident = resident_images(images, dev)
     batches = train_batches(cfg, targets, images, resident, y, keys, train_idx, drawing, mean, std, fold)
+    if cfg.compile:
+        torch._dynamo.reset()  # a fresh model per fold: old graphs would count towards the recompile limit
     net = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
     predict = functools.partial(predict_proba, net, forward=targets.predict, mean=mean, std=std,
                                 batch_size=cfg.batch_size)
@@ -167,7 +172,8 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     result = FoldResult(fold=fold, score=targets.score(y[val_idx], oof), val_index=val_idx, oof=oof,
                         test=test, best_epoch=best_epoch + 1, val_loss=targets.nll(y[val_idx], oof),
                         seconds=time.time() - start)
-    save_fold(out_dir, result, model, pd.DataFrame(history), cfg, record or {})
+    feed = {"augmented_on": "device" if resident is not None else "workers"}  # what `auto` chose
+    save_fold(out_dir, result, model, pd.DataFrame(history), cfg, {**(record or {}), **feed})
     return result
 
 
@@ -183,9 +189,11 @@ def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor
     amp = _amp_dtype(dev)
     model.eval()
     out = []
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=amp or torch.float32,
-                                                enabled=amp is not None):
-        for x in eval_batches(images, index, 2 * batch_size, mean, std):
+    pixels = int(np.prod(images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[2:]))
+    rows = max(1, min(2 * batch_size, PREDICT_PIXELS // max(1, pixels)))  # large images: fewer a batch
+    # no_grad, not inference_mode: a compiled model is also trained, and the two modes do not mix well
+    with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+        for x in eval_batches(images, index, rows, mean, std):
             p = sum(_unview(forward(model, _view(x, v)), v) for v in views) / len(views)
             out.append(p.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

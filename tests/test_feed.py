@@ -80,8 +80,27 @@ def test_search_with_device_augmentation_and_submit(class_folder_competition, cl
     cli("search", folder, "--run-dir", run_dir, "--trials", "1")
     config = json.loads((run_dir / "trials" / "t0000" / "config.json").read_text())
     assert config["augment_on"] == "device" and config["augment"] == "heavy"
+    done = json.loads((run_dir / "trials" / "t0000" / "fold1" / "done.json").read_text())
+    assert done["augmented_on"] == "device"
     cli("submit", folder, "--run-dir", run_dir)
     assert len((run_dir / "submission.csv").read_text().splitlines()) == 1 + 10
+
+
+def test_where_and_how_a_study_runs_may_change_when_it_resumes(class_folder_competition, cli, tmp_path):
+    import optuna
+
+    folder, run_dir = class_folder_competition(), tmp_path / "run"
+    cli("search", folder, "--run-dir", run_dir, "--trials", "1")
+    # a study started before augment_on and compile existed has neither in its fingerprint
+    study = optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir / 'study.db'}")
+    fingerprint = study.user_attrs["fingerprint"]
+    for key in ("augment_on", "compile", "num_workers"):
+        fingerprint["search"].pop(key, None)
+    study.set_user_attr("fingerprint", fingerprint)
+    cli("search", folder, "--run-dir", run_dir, "--trials", "2", "--set", "search.augment_on=device",
+        "--set", "search.num_workers=1")
+    assert len(study.get_trials(deepcopy=False)) == 2
+    assert json.loads((run_dir / "trials" / "t0001" / "config.json").read_text())["augment_on"] == "device"
 
 
 def test_compiled_trial_saves_a_plain_model_and_its_folds_are_reused_without_compile(

@@ -158,6 +158,19 @@ def test_overrides_of_search_are_remembered_by_the_run_dir(class_folder_competit
         "search", comp, "--run-dir", run_dir, "--trials", "3", "--set", "folds=2", ok=False).output
 
 
+def test_default_run_dir_remembers_too_and_a_stale_override_names_its_file(class_folder_competition, cli,
+                                                                           tmp_path, monkeypatch):
+    comp = class_folder_competition(search={"augment": ["light", "elastic"]})
+    monkeypatch.chdir(tmp_path)  # the default run dir is runs/<name>, under the working directory
+    cli("search", comp, "--trials", "1", "--set", "search.augment=[light]")
+    # `elastic` has no device form: this --set is valid only on top of the remembered policy list
+    cli("status", comp, "--set", "search.augment_on=device")
+    options = tmp_path / "runs" / "tiny-folders" / "options.json"
+    options.write_text(json.dumps({"overrides": ["search.loss=[hinge]"]}))
+    out = cli("status", comp, ok=False).output
+    assert "'search.loss': unknown value 'hinge'" in out and "options.json" in out
+
+
 @search_module.PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
 def prune_after_first_fold():
     """Prunes every trial at its first report (every score is above -1)."""
