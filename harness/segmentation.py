@@ -180,7 +180,7 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
     overlay = {"pretrained_cfg_overlay": {"file": file}} if file else {}
     with loading_weights(encoder, pretrained):
         net = smp.create_model(arch, encoder_name=f"tu-{encoder}", in_channels=in_chans, classes=num_classes,
-                               encoder_weights="imagenet" if uses_pretrained(pretrained) else None, **overlay)
+                               encoder_weights=True if uses_pretrained(pretrained) else None, **overlay)
     model = PadToMultiple(net)
     # the timm encoder's mean/std, so inputs are normalised as the pretrained encoder expects
     model.pretrained_cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", {})
