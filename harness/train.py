@@ -179,8 +179,7 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
 
 def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor], index: np.ndarray,
                   views: List[str], forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-                  mean: torch.Tensor,
-                  std: torch.Tensor, batch_size: int) -> np.ndarray:
+                  mean: torch.Tensor, std: torch.Tensor, batch_size: int) -> np.ndarray:
     """Probabilities (`forward(model, x)`: the task's `predict`) averaged over flip views, len(index) × C.
 
     `images`: uint8 N×H×W×C (memory-mapped or not), or device-resident N×C×H×W (`feed.resident_images`).
