@@ -32,7 +32,8 @@ from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, metric_registry, to_dict
-from .segmentation import SegmentationTask, load_masks
+from .masks import load_masks
+from .segmentation import SegmentationTask
 from .targets import Targets, targets_for
 from .train import HOW_FIELDS, FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .paths import Run, atomic_write_text
-from .segmentation import write_submission as write_masks
+from .masks import write_submission as write_masks
 from .report import leaderboard, oof_lines, oof_report, write_report_page
 from .search import SearchData, assemble_oof, open_study, prepare_data
 from .spec import Competition, SpecError

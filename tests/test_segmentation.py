@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import write_spec
 from harness import open_run
 from harness.search import prepare_data
-from harness.segmentation import dice, fit_pixel_threshold, rle_decode, rle_encode
+from harness.masks import rle_decode, rle_encode
+from harness.segmentation import dice, fit_pixel_threshold
 
 SEARCH = {"backbones": ["resnet10t"], "architectures": ["unet", "fpn"], "image_size": [32],
           "augment": ["light"], "loss": ["bce_dice", "dice"], "imbalance": ["none"], "lr": [3e-3],

@@ -1,0 +1,108 @@
+"""Masks and images on disk for segmentation: TIFF pages and image files in, masks out.
+
+Reads images at their own size and label masks (binary, `positive_value` picks the class);
+writes the predicted masks as the competition asks: a TIFF volume, a folder of PNGs or
+Kaggle's run-length encoded CSV.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Kaggle run-length encoding: 1-based start/length pairs over the column-major pixel order."""
+    pixels = np.concatenate([[0], mask.astype(bool).ravel(order="F"), [0]]).astype(np.int8)
+    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(map(str, runs))
+
+
+def rle_decode(rle: str, shape: Tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    numbers = np.asarray(str(rle).split(), dtype=int) if isinstance(rle, str) and rle.strip() else []
+    for start, length in zip(numbers[::2], numbers[1::2]):
+        mask[start - 1:start - 1 + length] = 1
+    return mask.reshape(shape, order="F")
+
+
+def load_native(frame, channels: int) -> np.ndarray:
+    """Images (TIFF pages or files) at their own size, N × H × W × C uint8; all must share one size."""
+    from .images import read_image
+    from .spec import SpecError
+
+    pages = frame["page"] if "page" in frame else [None] * len(frame)  # image files have no pages
+    return _same_size([_page_or_file(path, page, channels, read_image) for path, page in
+                       zip(frame["path"], pages)], frame["listed"], SpecError)
+
+
+def load_masks(frame, positive_value: Optional[int]) -> np.ndarray:
+    """Masks as N × H × W uint8, 1 where the label equals `positive_value` (default: any value > 0)."""
+    from .images import read_image
+    from .spec import SpecError
+
+    masks = [_page_or_file(path, page, 1, read_image)[:, :, 0] for path, page in
+             zip(frame["mask_path"], frame["mask_page"])]
+    masks = _same_size(masks, frame["listed"], SpecError)
+    return (masks == positive_value if positive_value is not None else masks > 0).astype(np.uint8)
+
+
+def _page_or_file(path: str, page, channels: int, read_image) -> np.ndarray:
+    if page is None or (isinstance(page, float) and np.isnan(page)):
+        return read_image(path, channels)
+    img = _volume(path)[int(page)]
+    img = img[:, :, None] if img.ndim == 2 else img
+    if img.shape[2] != channels:
+        img = img.mean(2, keepdims=True).astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
+    return img
+
+
+@lru_cache(maxsize=8)
+def _volume(path: str) -> np.ndarray:
+    import tifffile
+
+    from .images import to_uint8
+
+    volume = tifffile.imread(path)
+    volume = volume if volume.dtype == np.uint8 else to_uint8(volume)
+    return volume[None] if volume.ndim == 2 else volume
+
+
+def _same_size(arrays: List[np.ndarray], names, error) -> np.ndarray:
+    shape = arrays[0].shape[:2]
+    for array, name in zip(arrays, names):
+        if array.shape[:2] != shape:
+            raise error(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
+                        f"{shape[1]}x{shape[0]}: segmentation needs one image size")
+    return np.stack(arrays)
+
+
+def write_submission(spec, test, masks: np.ndarray, out) -> str:
+    """Write predicted masks in the declared format; returns what was written, for the user."""
+    import pandas as pd
+    import tifffile
+    from PIL import Image
+
+    from .spec import SpecError
+
+    sub = spec.submission
+    positive = 255 if spec.positive_value is None else spec.positive_value
+    negative = spec.negative_value if spec.negative_value is not None else (255 if positive == 0 else 0)
+    pixels = np.where(masks > 0, positive, negative).astype(np.uint8)
+    if sub.format == "tiff":
+        volume = _volume(test["path"].iloc[0]) if "page" in test and test["page"].notna().all() else None
+        if volume is not None and volume.shape[:3] != pixels.shape:
+            raise SpecError(f"submission: masks of shape {pixels.shape}, the test volume is {volume.shape[:3]}")
+        tifffile.imwrite(out, pixels, photometric="minisblack")  # one page per slice, however few
+        return f"{out} ({pixels.shape[0]} pages of {pixels.shape[2]}x{pixels.shape[1]}, values {negative}/{positive})"
+    if sub.format == "png_folder":
+        out.mkdir(parents=True, exist_ok=True)
+        for name, mask in zip(test["id"], pixels):
+            Image.fromarray(mask).save(out / f"{name}.png")
+        return f"{out}/ ({len(pixels)} PNG masks, values {negative}/{positive})"
+    frame = pd.DataFrame({sub.id_column: test["id"].to_numpy(),
+                          sub.target_column: [rle_encode(m) for m in masks]})
+    frame.to_csv(out, index=False)
+    return f"{out} ({len(frame)} rows of run-length encoded masks)"
