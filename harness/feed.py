@@ -15,6 +15,7 @@ form and the images take at most a quarter of the free device memory; else `work
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator, List, Optional, Tuple, Union
 
@@ -143,10 +144,26 @@ class LoaderBatches:
             yield to_input(x, self.mean, self.std, dev), target.to(dev, non_blocking=True)
 
 
+def seed_augmentation(dataset: Dataset, seed: int) -> None:
+    """Albumentations draws from its own random state, not torch's or numpy's: seed it, so that
+    a search with a fixed seed repeats itself."""
+    for name in ("transform", "extra"):
+        transform = getattr(dataset, name, None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
+
+
+def _seed_worker(seed: int, worker_id: int) -> None:
+    # each worker holds a copy of the dataset: the same seed everywhere would repeat augmentations
+    seed_augmentation(torch.utils.data.get_worker_info().dataset, seed + 7919 * (worker_id + 1))
+
+
 def worker_loader(dataset: Dataset, drawing: Drawing, batch_size: int, num_workers: int, seed: int,
                   dev: torch.device) -> DataLoader:
-    """The training fold's DataLoader, drawn as the imbalance handling says."""
-    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=dev.type == "cuda")
+    """The training fold's DataLoader, drawn as the imbalance handling says, augmentation seeded."""
+    seed_augmentation(dataset, seed)
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=dev.type == "cuda",
+                  worker_init_fn=functools.partial(_seed_worker, seed) if num_workers else None)
     if drawing.batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=drawing.batch_sampler, **common)
     generator = torch.Generator().manual_seed(seed)

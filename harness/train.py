@@ -252,7 +252,7 @@ def train_batches(cfg: TrialConfig, targets: Targets, images: np.ndarray, reside
                              cfg.orientation, mean, std, cfg.seed + fold)
     dataset = targets.train_dataset(images, y, keys, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
                                     cfg.image_size, drawing)
-    loader = worker_loader(dataset, drawing, cfg.batch_size, cfg.num_workers, cfg.seed, mean.device)
+    loader = worker_loader(dataset, drawing, cfg.batch_size, cfg.num_workers, cfg.seed + fold, mean.device)
     return LoaderBatches(loader, mean, std)
 
 

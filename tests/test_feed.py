@@ -1,14 +1,18 @@
 """Batches built on the device: the batch forms of the augmentation policies, the choice between
 device and worker augmentation, and the torch.compile switch, end to end."""
+import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from harness.augment import AUGMENTS, batch_form, random_d4
 from harness.feed import augments_on_device
 from harness.spec import SpecError, load_competition
-from harness.train import TrialConfig, load_fold
+from harness.sampling import IMBALANCE
+from harness.targets import Head, Targets
+from harness.train import TrialConfig, load_fold, train_batches
 
 
 def d4_images(image: torch.Tensor):
@@ -49,12 +53,13 @@ def test_stronger_policies_change_some_images_and_keep_the_range(policy):
     assert 256 < int(changed.sum()) < 512  # each transform has its own probability: some images pass untouched
 
 
-def test_every_batch_form_runs_on_the_device_it_is_given():
+def test_every_batch_form_keeps_the_batch_shape_in_every_orientation():
     for policy in AUGMENTS:
         form = batch_form(policy)
-        if form is not None:
-            out = form(torch.rand(4, 1, 8, 8), "free", torch.Generator().manual_seed(0))
-            assert out.shape == (4, 1, 8, 8)
+        for orientation in ("fixed", "hflip", "free"):
+            if form is not None:
+                out = form(torch.rand(4, 1, 8, 8), orientation, torch.Generator().manual_seed(0))
+                assert out.shape == (4, 1, 8, 8) and out.dtype == torch.float32
 
 
 def test_where_augmentation_runs():
@@ -116,3 +121,29 @@ def test_compiled_trial_saves_a_plain_model_and_its_folds_are_reused_without_com
     plain = TrialConfig(**{**config, "compile": False})
     assert all(load_fold(run_dir / "trials" / "t0000" / f"fold{k}", plain.digest()) is not None for k in (0, 1))
     assert load_fold(run_dir / "trials" / "t0000" / "fold0", TrialConfig(**{**config, "lr": 0.1}).digest()) is None
+
+
+def first_batches(images, num_workers, count=2):
+    """The first training batches of a `medium`-augmented fold, as the workers path draws them."""
+    cfg = TrialConfig(backbone="resnet10t", image_size=16, augment="medium", loss=["ce"], imbalance="none",
+                      lr=1e-3, weight_decay=0.0, batch_size=4, epochs=1, patience=1, pretrained=False, tta=False,
+                      seed=0, channels=1, orientation="free", metric="accuracy", num_classes=2,
+                      num_workers=num_workers, augment_on="workers")
+    y = np.zeros((len(images), 1), dtype=np.int64)
+    drawing = IMBALANCE.get("none")(y[:, 0], 2, 4, torch.Generator().manual_seed(0))
+    targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
+    batches = train_batches(cfg, targets, images, None, y, y[:, 0], np.arange(len(images)), drawing,
+                            torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), 0)
+    return [x for x, _ in itertools.islice(iter(batches), count)]
+
+
+def test_albumentations_is_seeded_so_a_search_repeats_itself():
+    images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1), dtype=np.uint8)
+    first, again = first_batches(images, 0), first_batches(images, 0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_each_worker_draws_its_own_augmentations():
+    images = np.tile(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), (16, 1, 1, 1))  # all the same
+    from_worker_0, from_worker_1 = first_batches(images, num_workers=2)
+    assert not torch.equal(from_worker_0, from_worker_1)
