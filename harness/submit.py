@@ -78,7 +78,7 @@ def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored:
     if read_done(out_dir).get("test_hash") == data.test_hash:
         return stored
     cfg = TrialConfig(**json.loads((run.paths.trial_dir(owner) / "config.json").read_text()))
-    images = data.images(cfg.image_size, run.paths.cache_dir)[1]
+    images = data.targets.load_images(data.samples.test, cfg.image_size, data.channels, run.paths.cache_dir)
     return predict_from_checkpoint(cfg, data.targets, out_dir, images)
 
 
