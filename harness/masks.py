@@ -11,6 +11,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .images import read_image, to_uint8
+from .spec import SpecError
+
 
 def rle_encode(mask: np.ndarray) -> str:
     """Kaggle run-length encoding: 1-based start/length pairs over the column-major pixel order."""
@@ -30,26 +33,20 @@ def rle_decode(rle: str, shape: Tuple[int, int]) -> np.ndarray:
 
 def load_native(frame, channels: int) -> np.ndarray:
     """Images (TIFF pages or files) at their own size, N × H × W × C uint8; all must share one size."""
-    from .images import read_image
-    from .spec import SpecError
-
     pages = frame["page"] if "page" in frame else [None] * len(frame)  # image files have no pages
-    return _same_size([_page_or_file(path, page, channels, read_image) for path, page in
-                       zip(frame["path"], pages)], frame["listed"], SpecError)
+    return _same_size([_page_or_file(path, page, channels) for path, page in zip(frame["path"], pages)],
+                      frame["listed"])
 
 
 def load_masks(frame, positive_value: Optional[int]) -> np.ndarray:
     """Masks as N × H × W uint8, 1 where the label equals `positive_value` (default: any value > 0)."""
-    from .images import read_image
-    from .spec import SpecError
-
-    masks = [_page_or_file(path, page, 1, read_image)[:, :, 0] for path, page in
+    masks = [_page_or_file(path, page, 1)[:, :, 0] for path, page in
              zip(frame["mask_path"], frame["mask_page"])]
-    masks = _same_size(masks, frame["listed"], SpecError)
+    masks = _same_size(masks, frame["listed"])
     return (masks == positive_value if positive_value is not None else masks > 0).astype(np.uint8)
 
 
-def _page_or_file(path: str, page, channels: int, read_image) -> np.ndarray:
+def _page_or_file(path: str, page, channels: int) -> np.ndarray:
     if page is None or (isinstance(page, float) and np.isnan(page)):
         return read_image(path, channels)
     img = _volume(path)[int(page)]
@@ -63,18 +60,16 @@ def _page_or_file(path: str, page, channels: int, read_image) -> np.ndarray:
 def _volume(path: str) -> np.ndarray:
     import tifffile
 
-    from .images import to_uint8
-
     volume = tifffile.imread(path)
     volume = volume if volume.dtype == np.uint8 else to_uint8(volume)
     return volume[None] if volume.ndim == 2 else volume
 
 
-def _same_size(arrays: List[np.ndarray], names, error) -> np.ndarray:
+def _same_size(arrays: List[np.ndarray], names) -> np.ndarray:
     shape = arrays[0].shape[:2]
     for array, name in zip(arrays, names):
         if array.shape[:2] != shape:
-            raise error(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
+            raise SpecError(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
                         f"{shape[1]}x{shape[0]}: segmentation needs one image size")
     return np.stack(arrays)
 
@@ -84,8 +79,6 @@ def write_submission(spec, test, masks: np.ndarray, out) -> str:
     import pandas as pd
     import tifffile
     from PIL import Image
-
-    from .spec import SpecError
 
     sub = spec.submission
     positive = 255 if spec.positive_value is None else spec.positive_value

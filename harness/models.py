@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import timm
 import torch
@@ -28,6 +28,12 @@ def weights_file(pretrained: Union[bool, str]) -> Optional[str]:
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file {path} does not exist")
     return str(path)
+
+
+def weights_file_overlay(pretrained: Union[bool, str]) -> Dict[str, Any]:
+    """timm's keyword arguments to load the local weights file `pretrained` names (none for true/false)."""
+    file = weights_file(pretrained)
+    return {"pretrained_cfg_overlay": {"file": file}} if file else {}
 
 
 def uses_pretrained(pretrained: Union[bool, str]) -> bool:
@@ -52,11 +58,9 @@ def loading_weights(name: str, pretrained: Union[bool, str]) -> Iterator[None]:
 def timm_classifier(name: str, num_classes: int, in_chans: int,
                     pretrained: Union[bool, str] = False) -> nn.Module:
     """Any timm backbone with a fresh `num_classes` head."""
-    file = weights_file(pretrained)
-    overlay = {"pretrained_cfg_overlay": {"file": file}} if file else {}
     with loading_weights(name, pretrained):
         return timm.create_model(name, pretrained=uses_pretrained(pretrained), num_classes=num_classes,
-                                 in_chans=in_chans, **overlay)
+                                 in_chans=in_chans, **weights_file_overlay(pretrained))
 
 
 def normalisation(model: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .masks import load_native
-from .models import MODEL_FAMILIES, loading_weights, uses_pretrained, weights_file
+from .models import MODEL_FAMILIES, loading_weights, uses_pretrained, weights_file_overlay
 from .registry import Registry
 from .targets import Head
 
@@ -178,11 +178,10 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
     import segmentation_models_pytorch as smp
 
     arch, encoder = name.split("/", 1)
-    file = weights_file(pretrained)  # a timm checkpoint of the encoder; timm adapts its input channels
-    overlay = {"pretrained_cfg_overlay": {"file": file}} if file else {}
-    with loading_weights(encoder, pretrained):
+    with loading_weights(encoder, pretrained):  # a weights file: a timm checkpoint of the encoder
         net = smp.create_model(arch, encoder_name=f"tu-{encoder}", in_channels=in_chans, classes=num_classes,
-                               encoder_weights=True if uses_pretrained(pretrained) else None, **overlay)
+                               encoder_weights=True if uses_pretrained(pretrained) else None,
+                               **weights_file_overlay(pretrained))
     model = PadToMultiple(net)
     # the timm encoder's mean/std, so inputs are normalised as the pretrained encoder expects
     model.pretrained_cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", {})
@@ -244,7 +243,6 @@ class SegmentationTask:
         return cls(metric, [Head("mask", ["background", "positive"], metric, 0)], tile_size)
 
     width = 1
-    sizes = [2]
 
     @property
     def direction(self) -> str:
