@@ -33,27 +33,38 @@ class ArrayDataset(Dataset):
     """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors
     (with their labels, one per head, when `labels` is given).
 
-    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`.
+    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`. With
+    `masks` (N×H×W auxiliary masks) each mask is transformed with its image, and the label
+    becomes (labels, 1×H×W float mask).
     """
 
     def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
                  transform: Optional[Callable] = None, keys: Optional[np.ndarray] = None,
-                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None) -> None:
+                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None,
+                 masks: Optional[np.ndarray] = None) -> None:
         self.images, self.index, self.labels, self.transform = images, index, labels, transform
-        self.keys, self.extra_for, self.extra = keys, extra_for, extra
+        self.keys, self.extra_for, self.extra, self.masks = keys, extra_for, extra, masks
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
-        img = np.array(self.images[self.index[i]])  # a writable copy of the (memory-mapped) row
+        row = self.index[i]
+        item = {"image": np.array(self.images[row])}  # a writable copy of the (memory-mapped) row
+        if self.masks is not None:
+            item["mask"] = np.array(self.masks[row])
         if self.transform is not None:
-            img = self.transform(image=img)["image"]
-        if self.extra is not None and int(self.keys[self.index[i]]) in self.extra_for:
-            img = self.extra(image=img)["image"]
-        img = img[:, :, None] if img.ndim == 2 else img
+            item = self.transform(**item)
+        if self.extra is not None and int(self.keys[row]) in self.extra_for:
+            item = self.extra(**item)
+        img = item["image"][:, :, None] if item["image"].ndim == 2 else item["image"]
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        return x if self.labels is None else (x, torch.from_numpy(self.labels[self.index[i]]))
+        if self.labels is None:
+            return x
+        label = torch.from_numpy(self.labels[row])
+        if self.masks is None:
+            return x, label
+        return x, (label, torch.from_numpy(np.ascontiguousarray(item["mask"], dtype=np.float32))[None])
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -141,7 +152,14 @@ class LoaderBatches:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         dev = self.mean.device
         for x, target in self.loader:
-            yield to_input(x, self.mean, self.std, dev), target.to(dev, non_blocking=True)
+            yield to_input(x, self.mean, self.std, dev), _to_device(target, dev)
+
+
+def _to_device(target: Union[torch.Tensor, list, tuple], dev: torch.device):
+    """Labels, or (labels, auxiliary masks) as the DataLoader collates them, on `dev`."""
+    if isinstance(target, (list, tuple)):
+        return tuple(t.to(dev, non_blocking=True) for t in target)
+    return target.to(dev, non_blocking=True)
 
 
 def seed_augmentation(dataset: Dataset, seed: int) -> None:

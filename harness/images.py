@@ -66,6 +66,16 @@ def load_resized(paths: Sequence[str], size: int, channels: int,
     return _cached(tuple(paths), size, channels, str(cache_dir))
 
 
+def load_resized_masks(paths: Sequence[str], size: int, cache_dir: Optional[Path] = None) -> np.ndarray:
+    """Masks resized as their images are, N×size×size uint8, 1 where any mask pixel > 0 reaches;
+    an empty path is an all-background mask."""
+    have = np.array([bool(p) for p in paths], dtype=bool)
+    out = np.zeros((len(paths), size, size), dtype=np.uint8)
+    if have.any():
+        out[have] = load_resized([p for p in paths if p], size, 1, cache_dir)[:, :, :, 0] > 0
+    return out
+
+
 def cache_key(paths: Sequence[str], size: int, channels: int) -> str:
     digest = hashlib.sha1(f"v{CACHE_VERSION} {size} {channels}".encode())
     for p in paths:
@@ -85,7 +95,10 @@ def _decode_all(paths: Tuple[str, ...], size: int, channels: int) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) -> np.ndarray:
     folder = Path(cache_dir)
-    prefix = f"{len(paths)}x{size}x{size}x{channels}-"
+    # the prefix names the listing, the rest its files' state: a changed file replaces its listing's
+    # entry, while another listing of the same shape (train and test, masks) keeps its own
+    listing = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
+    prefix = f"{len(paths)}x{size}x{size}x{channels}-{listing}-"
     path = folder / f"{prefix}{cache_key(paths, size, channels)}.npy"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

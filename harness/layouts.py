@@ -58,6 +58,8 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         return Samples(train=train.reset_index(drop=True), test=_with_ids(test, spec),
                        heads={"mask": ["background", "positive"]}, y=np.zeros((len(train), 1), int),
                        data_root=data_root)
+    if spec.train.masks:
+        train = _with_aux_masks(train, spec.train, data_root)
     columns = {t: f"label.{t}" for t in spec.train.targets} or {spec.train.target or "label": "label"}
     heads = {name: _ordered_classes(train[col], spec) for name, col in columns.items()}
     y = np.stack([train[col].map({c: i for i, c in enumerate(heads[name])}).to_numpy(int)
@@ -75,6 +77,18 @@ def _with_ids(test: pd.DataFrame, spec: "Competition") -> pd.DataFrame:
             f"test ids are not unique with submission.id_from={spec.submission.id_from}: {dup.iloc[0]!r}"
         )
     return test
+
+
+def _with_aux_masks(train: pd.DataFrame, section: "DataSection", root: Path) -> pd.DataFrame:
+    """Column `aux_mask`: the mask of the same file stem under `masks`, or "" (all background)."""
+    folder = root / section.masks
+    if not folder.is_dir():
+        raise SpecError(f"train.masks: folder {folder} does not exist")
+    masks = {p.stem: str(p) for p in _list_images(folder, section.extensions)}
+    column = [masks.get(Path(p).stem, "") for p in train["path"]]
+    if not any(column):
+        raise SpecError(f"train.masks: no mask in {folder} has the file stem of a training image")
+    return train.assign(aux_mask=column)
 
 
 def _ordered_classes(labels: pd.Series, spec: "Competition") -> List[str]:

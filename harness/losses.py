@@ -58,3 +58,22 @@ class SoftF1Loss(nn.Module):
 def soft_f1(class_weight: Optional[torch.Tensor] = None) -> nn.Module:
     """1 − differentiable macro-F1 (class weights do not apply: F1 already balances classes)."""
     return SoftF1Loss()
+
+
+class AuxMaskLoss(nn.Module):
+    """The class loss plus `weight` × BCE of the auxiliary mask head (`models.AuxMaskModel`).
+
+    The mask is max-pooled to the head's resolution: a cell is positive when any of its pixels
+    is, so small defects still count on a coarse map.
+    """
+
+    def __init__(self, class_loss: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.class_loss, self.weight = class_loss, weight
+
+    def forward(self, outputs, target) -> torch.Tensor:
+        logits, mask_logits = outputs
+        y, mask = target
+        cells = F.adaptive_max_pool2d(mask.float(), mask_logits.shape[-2:])
+        aux = F.binary_cross_entropy_with_logits(mask_logits.float(), cells)
+        return self.class_loss(logits, y) + self.weight * aux

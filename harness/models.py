@@ -63,6 +63,39 @@ def timm_classifier(name: str, num_classes: int, in_chans: int,
                                  in_chans=in_chans, **weights_file_overlay(pretrained))
 
 
+class AuxMaskModel(nn.Module):
+    """A timm classifier plus a 1×1-convolution mask head on its last feature map.
+
+    In training it returns (class logits, mask logits at the feature map's resolution), so the
+    mask loss can be added (`losses.AuxMaskLoss`); in eval only the class logits, so prediction,
+    TTA and checkpoints are those of the plain classifier.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.aux = nn.Conv2d(backbone.num_features, 1, kernel_size=1)
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    def forward(self, x: torch.Tensor):
+        features = self.backbone.forward_features(x)
+        logits = self.backbone.forward_head(features)
+        return (logits, self.aux(features)) if self.training else logits
+
+
+@MODEL_FAMILIES.register("timm_aux_mask")
+def timm_aux_mask(name: str, num_classes: int, in_chans: int, pretrained: Union[bool, str] = False) -> nn.Module:
+    """A timm backbone with a fresh head and an auxiliary mask head (train.masks, search.aux_weight)."""
+    backbone = timm_classifier(name, num_classes, in_chans, pretrained)
+    size = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (in_chans, 224, 224))[1:]
+    with torch.no_grad():
+        features = backbone.eval().forward_features(torch.zeros(1, in_chans, *size))
+    if features.ndim != 4 or features.shape[1] != backbone.num_features:
+        raise ValueError(f"{name!r} has no N×C×H×W feature map for the auxiliary mask head "
+                         f"(got {tuple(features.shape)}): use a convolutional backbone or search.aux_weight [0]")
+    return AuxMaskModel(backbone.train())
+
+
 def normalisation(model: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (C×1×1) the backbone was trained with, averaged to one channel for greyscale."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}

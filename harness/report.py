@@ -49,6 +49,11 @@ def data_summary(data: SearchData) -> str:
     test_probe = probe_images(s.test["path"].unique().tolist())
     lines = [f"data root: {s.data_root}"]
     lines += data.targets.summary_lines(s, data.y)
+    if "aux_mask" in s.train:
+        has = s.train["aux_mask"] != ""
+        by_class = s.train.loc[has, "label"].value_counts()
+        lines.append(f"auxiliary masks: {int(has.sum())} of {len(has)} images ("
+                     + ", ".join(f"{c} {n}" for c, n in by_class.items()) + "); the others count as background")
     if s.train["group"].notna().any():
         lines.append(f"groups: {s.train['group'].nunique()} (largest {s.train['group'].value_counts().max()})")
     fold_sizes = pd.Series(data.fold).value_counts().sort_index()

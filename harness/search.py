@@ -27,11 +27,11 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .folds import folds_hash, listing_hash, load_or_make_folds
-from .images import infer_channels, probe_images
+from .images import infer_channels, load_resized_masks, probe_images
 from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
 from .registry import Registry
-from .spec import SpecError, metric_registry, to_dict
+from .spec import SpecError, metric_registry, to_dict, uses_aux_masks
 from .masks import load_masks
 from .segmentation import SegmentationTask
 from .targets import Targets, targets_for
@@ -80,6 +80,12 @@ class SearchData:
         """Train and test images as the task's model takes them (see `Targets.load_images`)."""
         return tuple(self.targets.load_images(frame, size, self.channels, cache)
                      for frame in (self.samples.train, self.samples.test))
+
+    def aux_masks(self, size: int, cache: Optional[Path] = None) -> Optional[np.ndarray]:
+        """The training images' auxiliary masks at `size` (N × size × size, 0/1), or None without train.masks."""
+        if "aux_mask" not in self.samples.train:
+            return None
+        return load_resized_masks(self.samples.train["aux_mask"].tolist(), size, cache)
 
     @property
     def test_hash(self) -> str:
@@ -189,6 +195,8 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     heads = data.targets.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
     backbone, family = data.targets.suggest_model(trial, s, data.channels)
+    aux_weight = trial.suggest_categorical("aux_weight", s.aux_weight) if uses_aux_masks(run.spec) else 0.0
+    family = "timm_aux_mask" if aux_weight else family
     return TrialConfig(
         backbone=backbone, model_family=family,
         image_size=trial.suggest_categorical("image_size", s.image_size),
@@ -203,7 +211,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.targets.width,
         num_workers=default_workers() if s.num_workers is None else s.num_workers,
-        augment_on=s.augment_on, compile=s.compile,
+        augment_on=s.augment_on, compile=s.compile, aux_weight=aux_weight,
     )
 
 
@@ -247,6 +255,7 @@ class Objective:
     def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
         fold = self.data.fold
         images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
+        aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
         results: List[FoldResult] = []
         for k in range(self.run.spec.folds):
             out_dir = self.run.paths.fold_dir(owner, k)
@@ -255,7 +264,7 @@ class Objective:
                 on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
                 result = fit_fold(cfg, self.data.targets, images, self.data.y, np.flatnonzero(fold != k),
                                   np.flatnonzero(fold == k), test_images, k, out_dir, on_epoch,
-                                  record={"test_hash": self.data.test_hash})
+                                  record={"test_hash": self.data.test_hash}, aux_masks=aux_masks)
             results.append(result)
             self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
                       f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
@@ -296,7 +305,9 @@ def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
             "heads", "search")
-    spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS}
+    # aux_weight means nothing without auxiliary masks (and studies begun before it lack it)
+    unused = ("aux_weight",) if run.spec.train.masks is None or run.spec.task == "segmentation" else ()
+    spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS + unused}
     return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
 
 

@@ -33,7 +33,9 @@ class DataSection:
     image_column: str = "path"
     target: Optional[str] = None  # csv layout: target column
     targets: List[str] = field(default_factory=list)  # csv layout, task multihead: one column per head
-    masks: Optional[str] = None  # image_mask_pairs: folder of masks, matched to images by file stem
+    # folder of masks, matched to images by file stem: image_mask_pairs' targets; for the other
+    # tasks an auxiliary target (images without a mask are all background), see search.aux_weight
+    masks: Optional[str] = None
     volume: Optional[str] = None  # tiff_volume: multi-page TIFF of images
     labels: Optional[str] = None  # tiff_volume: multi-page TIFF of label masks (train)
     classes: Optional[Dict[str, Any]] = None  # class_folders: folder name → label (others ignored)
@@ -89,6 +91,8 @@ class SearchSpace:
     # device (also on a CPU), workers (albumentations in DataLoader workers)
     augment_on: str = field(default="auto", metadata={"choices": ["auto", "device", "workers"]})
     compile: bool = False  # torch.compile each model (slow start, faster steps on a GPU)
+    # with train.masks on a classification task: weight of the auxiliary mask loss (0: not used)
+    aux_weight: List[float] = field(default_factory=lambda: [0.0, 0.5])
 
 
 @dataclass
@@ -281,6 +285,8 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     for key in ("image_size", "batch_size", "epochs"):
         if min(getattr(s, key)) < 1:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
+    if min(s.aux_weight) < 0:
+        raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
     if spec.submission.value == "probability" and spec.task != "binary":
         raise SpecError(f"{path}: 'submission.value': probability needs task binary, got {spec.task}")
     if spec.test.target is not None or spec.test.targets:
@@ -289,6 +295,11 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     _check_task_choices(spec, path)
     _check_augment_on(spec, path)
     _check_backbones(s.backbones, path)
+
+
+def uses_aux_masks(spec: Competition) -> bool:
+    """Whether trials may train the auxiliary mask head (a classification task with train.masks)."""
+    return spec.task != "segmentation" and spec.train.masks is not None and max(spec.search.aux_weight) > 0
 
 
 def metric_registry(task: str):
@@ -325,6 +336,9 @@ def _check_augment_on(spec: Competition, path: Path) -> None:
 
     if spec.search.augment_on != "device":
         return
+    if uses_aux_masks(spec):
+        raise SpecError(f"{path}: 'search.augment_on': device cannot augment train.masks with the images; "
+                        "auxiliary-mask trials augment in workers (use auto or workers, or search.aux_weight [0])")
     if spec.task == "segmentation":
         raise SpecError(f"{path}: 'search.augment_on': device is for whole-image tasks; segmentation "
                         "augments image and mask in workers (use auto or workers)")

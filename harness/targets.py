@@ -127,15 +127,16 @@ class Targets:
         return MultiHeadLoss(self, losses)
 
     def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
-                      policy, size: int, drawing) -> Dataset:
-        """The training fold, augmented; rows of the classes `drawing` names also get a random D4."""
+                      policy, size: int, drawing, aux_masks: Optional[np.ndarray] = None) -> Dataset:
+        """The training fold, augmented; rows of the classes `drawing` names also get a random D4.
+        With `aux_masks`, each image's mask is augmented with it and comes with its labels."""
         import albumentations as A
 
         from .feed import ArrayDataset
 
         extra = A.D4(p=1.0) if drawing.d4_classes else None
         return ArrayDataset(images, train_idx, y, policy, keys=keys,
-                            extra_for=drawing.d4_classes, extra=extra)
+                            extra_for=drawing.d4_classes, extra=extra, masks=aux_masks)
 
     def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):
         """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""

@@ -24,6 +24,7 @@ import torch
 from .augment import AUGMENTS, tta_views
 from .feed import (DeviceBatches, LoaderBatches, augments_on_device, eval_batches, resident_images,
                    worker_loader)
+from .losses import AuxMaskLoss
 from .metrics import is_better
 from .models import MODEL_FAMILIES, normalisation
 from .paths import atomic_write_text
@@ -56,11 +57,15 @@ class TrialConfig:
     model_family: str = "timm_classifier"
     augment_on: str = "auto"  # where batches are augmented: auto, device, workers (feed.py)
     compile: bool = False  # torch.compile the model for training and prediction
+    aux_weight: float = 0.0  # weight of the auxiliary mask loss (train.masks); 0: no mask head
 
     def digest(self) -> str:
         # how the data is loaded and the model executed is not what is trained: a fold finished on
         # another machine (other workers, no GPU, no compiler) is reused
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS}
+        for name, default in LATER_FIELDS.items():  # folds trained before a field existed keep their names
+            if fields[name] == default:
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -69,6 +74,8 @@ PREDICT_PIXELS = 64 * 1024 * 1024  # image pixels per prediction batch (flip vie
 
 # how a fold is run, not what is trained: left out of the trial digest and the study fingerprint
 HOW_FIELDS = ("num_workers", "augment_on", "compile")
+# fields added after studies existed, with the value that reproduces what was trained before them
+LATER_FIELDS = {"aux_weight": 0.0}
 
 
 @dataclass
@@ -96,10 +103,11 @@ def default_workers() -> int:
 def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
              val_idx: np.ndarray, test_images: np.ndarray, fold: int, out_dir: Path,
              on_epoch: Optional[Callable[[int, float], None]] = None,
-             record: Optional[dict] = None) -> FoldResult:
+             record: Optional[dict] = None, aux_masks: Optional[np.ndarray] = None) -> FoldResult:
     """Train on `train_idx`, early-stop on the metric over `val_idx`, save and return predictions.
 
     `y` is N × H (one column per head); the predictions are N × ΣC, a softmax per head.
+    `aux_masks` (N × size × size) are the auxiliary mask head's targets when `cfg.aux_weight` > 0.
 
     `record` is merged into done.json (the search stores the test listing's hash there).
     """
@@ -114,11 +122,21 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     keys = targets.stratify_key(y)
     drawing = IMBALANCE.get(cfg.imbalance)(keys[train_idx], int(keys.max()) + 1, cfg.batch_size,
                                            torch.Generator().manual_seed(cfg.seed + fold))
-    loss_fn = targets.loss(cfg.loss, y[train_idx], cfg.imbalance, cfg.batch_size).to(dev)
+    loss_fn = targets.loss(cfg.loss, y[train_idx], cfg.imbalance, cfg.batch_size)
+    if cfg.aux_weight:
+        if aux_masks is None:
+            raise ValueError("aux_weight > 0 needs the auxiliary masks (train.masks)")
+        loss_fn = AuxMaskLoss(loss_fn, cfg.aux_weight)
+    else:
+        aux_masks = None
+    loss_fn = loss_fn.to(dev)
     resident = None
-    if augments_on_device(cfg.augment_on, cfg.augment, targets.trains_on_whole_images, dev):
+    # auxiliary masks are augmented with their images by albumentations, in workers
+    on_device = targets.trains_on_whole_images and aux_masks is None
+    if augments_on_device(cfg.augment_on, cfg.augment, on_device, dev):
         resident = resident_images(images, dev)
-    batches = train_batches(cfg, targets, images, resident, y, keys, train_idx, drawing, mean, std, fold)
+    batches = train_batches(cfg, targets, images, resident, y, keys, train_idx, drawing, mean, std, fold,
+                            aux_masks)
     if cfg.compile:
         torch._dynamo.reset()  # a fresh model per fold: old graphs would count towards the recompile limit
     net = torch.compile(model) if cfg.compile else model  # `model` keeps the plain state_dict keys
@@ -244,14 +262,15 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
 
 def train_batches(cfg: TrialConfig, targets: Targets, images: np.ndarray, resident: Optional[torch.Tensor],
                   y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray, drawing: Drawing,
-                  mean: torch.Tensor, std: torch.Tensor, fold: int):
+                  mean: torch.Tensor, std: torch.Tensor, fold: int, aux_masks: Optional[np.ndarray] = None):
     """The training fold's batches: augmented on the device when `resident` images are given,
     else by DataLoader workers (see feed.py)."""
     if resident is not None:
         return DeviceBatches(resident, y, keys, train_idx, drawing, cfg.batch_size, cfg.augment,
                              cfg.orientation, mean, std, cfg.seed + fold)
-    dataset = targets.train_dataset(images, y, keys, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
-                                    cfg.image_size, drawing)
+    policy = AUGMENTS.get(cfg.augment)(cfg.orientation)
+    extra = {"aux_masks": aux_masks} if aux_masks is not None else {}  # segmentation takes none
+    dataset = targets.train_dataset(images, y, keys, train_idx, policy, cfg.image_size, drawing, **extra)
     loader = worker_loader(dataset, drawing, cfg.batch_size, cfg.num_workers, cfg.seed + fold, mean.device)
     return LoaderBatches(loader, mean, std)
 

@@ -13,6 +13,9 @@ from harness.metrics import fit_threshold, youden_cutoff
 from harness.sampling import IMBALANCE
 from harness.targets import Head, Targets
 from harness.feed import resident_images
+from harness import open_run
+from harness.feed import ArrayDataset
+from harness.search import prepare_data
 from harness.train import TrialConfig, train_batches
 
 
@@ -68,7 +71,7 @@ def test_youden_cutoff():
 def defects(tmp_path):
     """Surface-defect style: 56 normal vs 4 defect images (+ a masks folder that is no class)."""
 
-    def build(metric="macro_f1", value="label", search=None):
+    def build(metric="macro_f1", value="label", search=None, masks=None):
         rng = np.random.default_rng(3)
         data = tmp_path / "defects"
         for folder, label, n in (("normal_images", 0, 56), ("defect_images", 1, 4)):
@@ -76,7 +79,10 @@ def defects(tmp_path):
             for i in range(n):
                 draw(label, rng).save(data / "train" / folder / f"{folder[:6]}_{i:03d}.png")
         (data / "train" / "defect_masks").mkdir()
-        Image.new("L", (20, 20)).save(data / "train" / "defect_masks" / "defect_000.png")
+        for i in range(4):  # the defect: the bright block `draw` puts in the top-right quarter
+            mask = np.zeros((20, 20), np.uint8)
+            mask[:10, 10:] = 255
+            Image.fromarray(mask).save(data / "train" / "defect_masks" / f"defect_{i:03d}.png")
         (data / "test" / "images").mkdir(parents=True)
         stems = [f"test_{i:04d}" for i in range(12)]
         for i, stem in enumerate(stems):
@@ -86,7 +92,8 @@ def defects(tmp_path):
         spec = {
             "name": "tiny-defects", "task": "binary", "data_root": "../defects",
             "train": {"layout": "class_folders", "images": "train",
-                      "classes": {"normal_images": 0, "defect_images": 1}},
+                      "classes": {"normal_images": 0, "defect_images": 1},
+                      **({"masks": masks} if masks else {})},
             "test": {"layout": "folder", "images": "test/images"},
             "metric": metric, "positive": "1", "folds": 2, "seed": 0, "channels": 1, "orientation": "free",
             "submission": {"file": "submission.csv", "id_column": "ImageId", "id_from": "stem",
@@ -175,3 +182,58 @@ def test_messy_files_load(tmp_path, cli):
     cli("submit", comp, "--run-dir", tmp_path / "run")
     sub = pd.read_csv(tmp_path / "run" / "submission.csv")
     assert sorted(sub["file"]) == [f"new scan {i}.JPG" for i in range(4)]
+
+
+def test_defect_masks_train_an_auxiliary_head(defects, cli, tmp_path):
+    comp, order = defects(masks="train/defect_masks", search={"aux_weight": [0.5], "augment": ["light"]})
+    run_dir = tmp_path / "run"
+    assert "auxiliary masks: 4 of 60 images (1 4)" in cli("validate", comp, "--run-dir", run_dir).output
+    masks = prepare_data(open_run(comp, run_dir=str(run_dir))).aux_masks(16)
+    defect = np.arange(60) >= 56  # class folders are listed in order: normal, then defect
+    # the top-right quarter (resizing may reach one pixel further), nothing on normal images
+    assert masks[defect][:, :8, 8:].all() and not masks[defect][:, 10:].any() and not masks[defect][:, :, :6].any()
+    assert not masks[~defect].any()
+
+    out = cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
+    assert "'aux_weight': 0.5" in out
+    checkpoint = torch.load(run_dir / "trials" / "t0000" / "fold0" / "model.pt")
+    assert checkpoint["aux.weight"].shape == (1, 512, 1, 1) and "backbone.fc.weight" in checkpoint
+    cli("submit", comp, "--run-dir", run_dir)
+    assert pd.read_csv(run_dir / "submission.csv")["ImageId"].tolist() == order
+
+
+def test_masks_are_flipped_with_their_images():
+    import albumentations as A
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    masks = (images[..., 0] > 128).astype(np.uint8)
+    labels = np.zeros((6, 1), int)
+    data = ArrayDataset(images, np.arange(6), labels, A.Compose([A.D4(p=1.0)]), keys=np.ones(6, int),
+                        extra_for=frozenset({1}), extra=A.D4(p=1.0), masks=masks)
+    moved = 0
+    for i in range(6):
+        x, (label, mask) = data[i]
+        assert torch.equal(mask[0], (x[0] > 128).float())
+        moved += not torch.equal(x[0], torch.from_numpy(images[i, :, :, 0]))
+    assert moved  # the images were transformed (and their masks with them)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"masks": "train/nowhere"}, "train.masks: folder"),
+    ({"masks": "test/images"}, "train.masks: no mask in"),
+    ({"masks": "train/defect_masks", "search": {"augment_on": "device"}}, "'search.augment_on': device cannot"),
+    ({"search": {"aux_weight": [-1]}}, "'search.aux_weight': values must be >= 0"),
+])
+def test_bad_auxiliary_masks_are_refused_before_training(defects, cli, tmp_path, change, message):
+    comp, _ = defects(masks=change.get("masks"), search=change.get("search"))
+    result = cli("validate", comp, "--run-dir", tmp_path / "run", ok=False)
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_trial_digests_of_studies_begun_before_aux_masks_are_kept():
+    cfg = TrialConfig(backbone="resnet10t", image_size=16, augment="light", loss=["ce"], imbalance="none",
+                      lr=1e-3, weight_decay=1e-5, batch_size=8, epochs=1, patience=1, pretrained=False, tta=True,
+                      seed=0, channels=1, orientation="hflip", metric="accuracy", num_classes=2)
+    assert cfg.digest() == "a952da80328c2ef4"  # what the harness named this fold before aux_weight existed
+    assert TrialConfig(**{**cfg.__dict__, "aux_weight": 0.5}).digest() != cfg.digest()

@@ -32,3 +32,22 @@ def test_decoded_cache_is_shared_and_rebuilt_when_a_file_changes(tmp_path):
 
     rgb = images.load_resized(paths, 8, 3, cache)  # another (size, channels) is another entry
     assert rgb.shape == (3, 8, 8, 3) and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_two_listings_of_one_shape_keep_their_own_cache(tmp_path):
+    """Train and test (or images and masks) of the same count and size do not evict each other."""
+    listings = []
+    for name, value in (("train", 10), ("test", 90)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((6, 6), value, np.uint8)).save(tmp_path / name / f"{i}.png")
+        listings.append([str(tmp_path / name / f"{i}.png") for i in range(3)])
+    cache = tmp_path / "cache"
+    for paths in listings:
+        images.load_resized(paths, 4, 1, cache)
+    entries = sorted(p.name for p in cache.glob("*.npy"))
+    assert len(entries) == 2
+    images._cached.cache_clear()  # a new process finds both, and decodes nothing again
+    train, test = (images.load_resized(paths, 4, 1, cache) for paths in listings)
+    assert sorted(p.name for p in cache.glob("*.npy")) == entries
+    assert train.mean() == 10 and test.mean() == 90
