@@ -1,5 +1,6 @@
 """Binary detection with few positives: rebalancing stays in the training fold, thresholds come
-from OOF and reach the submission, messy files load, AUC competitions get a Youden cut-off."""
+from OOF and reach the submission, messy files load, AUC competitions get a Youden cut-off,
+defect masks train an auxiliary head."""
 import json
 
 import numpy as np
@@ -12,9 +13,8 @@ from conftest import TINY_SEARCH, draw, write_spec
 from harness.metrics import fit_threshold, youden_cutoff
 from harness.sampling import IMBALANCE
 from harness.targets import Head, Targets
-from harness.feed import resident_images
 from harness import open_run
-from harness.feed import ArrayDataset
+from harness.feed import ArrayDataset, resident_images
 from harness.search import prepare_data
 from harness.train import TrialConfig, train_batches
 
