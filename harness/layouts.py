@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import Registry
-from .spec import SpecError
+from .spec import SpecError, declares_aux_masks
 
 if TYPE_CHECKING:
     from .spec import Competition, DataSection
@@ -58,7 +58,7 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         return Samples(train=train.reset_index(drop=True), test=_with_ids(test, spec),
                        heads={"mask": ["background", "positive"]}, y=np.zeros((len(train), 1), int),
                        data_root=data_root)
-    if spec.train.masks:
+    if declares_aux_masks(spec):
         train = _with_aux_masks(train, spec.train, data_root)
     columns = {t: f"label.{t}" for t in spec.train.targets} or {spec.train.target or "label": "label"}
     heads = {name: _ordered_classes(train[col], spec) for name, col in columns.items()}

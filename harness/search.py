@@ -31,7 +31,7 @@ from .images import infer_channels, load_resized_masks, probe_images
 from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
 from .registry import Registry
-from .spec import SpecError, metric_registry, to_dict, uses_aux_masks
+from .spec import SpecError, declares_aux_masks, metric_registry, to_dict, uses_aux_masks
 from .masks import load_masks
 from .segmentation import SegmentationTask
 from .targets import Targets, targets_for
@@ -306,7 +306,7 @@ def _fingerprint(run: Run, data: SearchData) -> dict:
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
             "heads", "search")
     # aux_weight means nothing without auxiliary masks (and studies begun before it lack it)
-    unused = ("aux_weight",) if run.spec.train.masks is None or run.spec.task == "segmentation" else ()
+    unused = () if declares_aux_masks(run.spec) else ("aux_weight",)
     spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS + unused}
     return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
 

@@ -281,7 +281,8 @@ class SegmentationTask:
         return SEG_LOSSES.get(loss_names[0])()
 
     def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
-                      policy: A.Compose, size: int, drawing) -> Dataset:
+                      policy: A.Compose, size: int, drawing, aux_masks: None = None) -> Dataset:
+        # the masks here are the targets themselves: there are no auxiliary ones (spec.declares_aux_masks)
         crop = [A.PadIfNeeded(min_height=size, min_width=size), A.RandomCrop(height=size, width=size)]
         return MaskDataset(images, y, train_idx, A.Compose(list(policy.transforms) + crop))
 

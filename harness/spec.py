@@ -297,9 +297,14 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     _check_backbones(s.backbones, path)
 
 
+def declares_aux_masks(spec: Competition) -> bool:
+    """Whether train.masks is an auxiliary target (a classification task), not segmentation's labels."""
+    return spec.task != "segmentation" and spec.train.masks is not None
+
+
 def uses_aux_masks(spec: Competition) -> bool:
-    """Whether trials may train the auxiliary mask head (a classification task with train.masks)."""
-    return spec.task != "segmentation" and spec.train.masks is not None and max(spec.search.aux_weight) > 0
+    """Whether trials may train the auxiliary mask head: masks declared and a weight above 0 searched."""
+    return declares_aux_masks(spec) and max(spec.search.aux_weight) > 0
 
 
 def metric_registry(task: str):

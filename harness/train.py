@@ -268,9 +268,8 @@ def train_batches(cfg: TrialConfig, targets: Targets, images: np.ndarray, reside
     if resident is not None:
         return DeviceBatches(resident, y, keys, train_idx, drawing, cfg.batch_size, cfg.augment,
                              cfg.orientation, mean, std, cfg.seed + fold)
-    policy = AUGMENTS.get(cfg.augment)(cfg.orientation)
-    extra = {"aux_masks": aux_masks} if aux_masks is not None else {}  # segmentation takes none
-    dataset = targets.train_dataset(images, y, keys, train_idx, policy, cfg.image_size, drawing, **extra)
+    dataset = targets.train_dataset(images, y, keys, train_idx, AUGMENTS.get(cfg.augment)(cfg.orientation),
+                                    cfg.image_size, drawing, aux_masks)
     loader = worker_loader(dataset, drawing, cfg.batch_size, cfg.num_workers, cfg.seed + fold, mean.device)
     return LoaderBatches(loader, mean, std)
 
