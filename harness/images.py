@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -55,6 +56,7 @@ def read_resized(path: str, size: int, channels: int) -> np.ndarray:
 
 
 CACHE_VERSION = 1  # bump when decoding changes
+_UNKEYED_ENTRY = re.compile(r"\d+x\d+x\d+x\d+-[0-9a-f]{20}\.npy")
 
 
 def load_resized(paths: Sequence[str], size: int, channels: int,
@@ -112,6 +114,9 @@ def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) ->
         for stale in folder.glob(f"{prefix}*.npy"):  # the same listing before a file changed
             if stale != path and ".tmp" not in stale.name:
                 stale.unlink(missing_ok=True)
+        for stale in folder.iterdir():  # entries named before listings had their own prefix: never read
+            if _UNKEYED_ENTRY.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 
 
@@ -120,8 +125,12 @@ def _decode_into(out: np.ndarray, i: int, path: str, size: int, channels: int) -
 
 
 def probe_images(paths: Sequence[str]) -> pd.DataFrame:
-    """Width, height and mode of each image (headers only)."""
+    """Width, height and mode of each image (headers only; once per listing and process)."""
+    return _probe_all(tuple(paths)).copy()
 
+
+@lru_cache(maxsize=4)
+def _probe_all(paths: Tuple[str, ...]) -> pd.DataFrame:
     def probe(path: str) -> dict:
         try:
             with Image.open(path) as im:

@@ -81,13 +81,10 @@ def _with_ids(test: pd.DataFrame, spec: "Competition") -> pd.DataFrame:
 
 def _with_aux_masks(train: pd.DataFrame, section: "DataSection", root: Path) -> pd.DataFrame:
     """Column `aux_mask`: the mask of the same file stem under `masks`, or "" (all background)."""
-    folder = root / section.masks
-    if not folder.is_dir():
-        raise SpecError(f"train.masks: folder {folder} does not exist")
-    masks = {p.stem: str(p) for p in _list_images(folder, section.extensions)}
+    masks = _masks_by_stem(section, root, "train")
     column = [masks.get(Path(p).stem, "") for p in train["path"]]
     if not any(column):
-        raise SpecError(f"train.masks: no mask in {folder} has the file stem of a training image")
+        raise SpecError(f"train.masks: no mask in {root / section.masks} has the file stem of a training image")
     return train.assign(aux_mask=column)
 
 
@@ -128,6 +125,14 @@ def _image_dir(section: "DataSection", root: Path, what: str) -> Path:
 def _list_images(folder: Path, extensions: List[str]) -> List[Path]:
     exts = {e.lower() for e in extensions}
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+
+
+def _masks_by_stem(section: "DataSection", root: Path, what: str) -> Dict[str, str]:
+    """The mask files under `masks`, by file stem: how masks find their images."""
+    folder = root / section.masks if section.masks else None
+    if folder is None or not folder.is_dir():
+        raise SpecError(f"{what}.masks: needs a folder of masks, and {folder or 'none'} is not one")
+    return {p.stem: str(p) for p in _list_images(folder, section.extensions)}
 
 
 @LAYOUTS.register("class_folders")
@@ -237,14 +242,12 @@ def image_mask_pairs(section: "DataSection", root: Path, labelled: bool) -> pd.D
     out = pd.DataFrame({"path": [str(p) for p in paths], "page": None,
                         "listed": [str(p.relative_to(folder)) for p in paths]})
     if labelled:
-        if not section.masks or not (root / section.masks).is_dir():
-            raise SpecError(f"{what}.masks: the image_mask_pairs layout needs a masks folder")
-        masks = {p.stem: p for p in _list_images(root / section.masks, section.extensions)}
+        masks = _masks_by_stem(section, root, what)
         missing = [p for p in paths if p.stem not in masks]
         if missing:
             raise SpecError(f"{what}: image {missing[0].name!r} has no mask named {missing[0].stem}.* "
                             f"in {root / section.masks}")
-        out = out.assign(mask_path=[str(masks[p.stem]) for p in paths], mask_page=None, label="mask")
+        out = out.assign(mask_path=[masks[p.stem] for p in paths], mask_page=None, label="mask")
     return out.assign(group=None)
 
 

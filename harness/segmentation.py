@@ -78,8 +78,7 @@ def fit_pixel_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> T
     tp, fp = pos, neg
     scores = metric.from_counts(tp, fp, truth.sum() - tp, (~truth).sum() - fp)
     best = int(np.argmax(scores) if metric.direction == "maximize" else np.argmin(scores))
-    threshold = float(edges[best])
-    return threshold, metric(y, proba, threshold)
+    return float(edges[best]), float(scores[best])
 
 
 @SEG_LOSSES.register("bce")
@@ -233,13 +232,13 @@ class SegmentationTask:
 
     metric: str
     heads: List[Head]
-    tile_size: int = 1024  # images with a longer side are predicted in overlapping tiles
+    tile_size: int  # images with a longer side are predicted in overlapping tiles (spec.tile_size)
 
     # image and mask are augmented and cropped together by DataLoader workers (feed.py)
     trains_on_whole_images = False
 
     @classmethod
-    def for_metric(cls, metric: str, tile_size: int = 1024) -> "SegmentationTask":
+    def for_metric(cls, metric: str, tile_size: int) -> "SegmentationTask":
         return cls(metric, [Head("mask", ["background", "positive"], metric, 0)], tile_size)
 
     width = 1

@@ -220,7 +220,7 @@ def test_masks_are_flipped_with_their_images():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"masks": "train/nowhere"}, "train.masks: folder"),
+    ({"masks": "train/nowhere"}, "train.masks: needs a folder of masks, and "),
     ({"masks": "test/images"}, "train.masks: no mask in"),
     ({"masks": "train/defect_masks", "search": {"augment_on": "device"}}, "'search.augment_on': device cannot"),
     ({"search": {"aux_weight": [-1]}}, "'search.aux_weight': values must be >= 0"),

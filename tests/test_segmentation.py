@@ -220,7 +220,7 @@ def test_augmentation_moves_image_and_mask_together():
     rng = np.random.default_rng(3)
     images, labels = disks(2, rng, size=64)
     masks = (labels == 0).astype(np.uint8)
-    task = SegmentationTask.for_metric("dice")
+    task = SegmentationTask.for_metric("dice", tile_size=1024)
     dataset = task.train_dataset(images[..., None], masks, np.zeros(2, int), np.arange(2),
                                  AUGMENTS.get("elastic")("free"), 32,
                                  Drawing())
