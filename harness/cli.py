@@ -41,6 +41,9 @@ def run_options(command: Callable) -> Callable:
             return command(run, **kwargs)
         except SpecError as err:
             raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -55,9 +58,10 @@ def main() -> None:
 def validate(run: Run) -> None:
     """Check the spec and data; print the samples table summary."""
     from .report import data_summary
-    from .search import prepare_data
+    from .search import check_trainable, prepare_data
 
     data = prepare_data(run)
+    check_trainable(run, data)
     click.echo(f"{run.spec.name}: {run.spec.task}, metric {run.spec.metric}, {run.spec.folds} folds")
     click.echo(data_summary(data))
     click.echo("ok")
@@ -65,7 +69,7 @@ def validate(run: Run) -> None:
 
 @main.command()
 @run_options
-@click.option("--trials", type=int, default=20, show_default=True,
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold in total (running again continues).")
 @click.option("--timeout", type=float, help="Stop starting trials after this many seconds.")
 def search(run: Run, trials: int, timeout: float | None) -> None:
@@ -93,7 +97,7 @@ def status(run: Run) -> None:
 
     table = leaderboard(open_study(run, create=False))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
-        click.echo(table.to_string(index=False) if not table.empty else "no trials yet")
+        click.echo(table.to_string(index=False, na_rep="-") if not table.empty else "no trials yet")
 
 
 @main.command()

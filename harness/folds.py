@@ -58,7 +58,10 @@ def listing_hash(paths: pd.Series) -> str:
 
 def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
                        by: str = "stratified") -> pd.DataFrame:
-    """The run's folds: read from `path` if it exists (checked against the data), else made and saved."""
+    """The run's folds: read from `path` if it exists (checked against the data), else made.
+
+    Nothing is written here: `save_folds` does that once a study holds them, so a `validate` or
+    a refused search leaves the user free to change `folds` in the same run directory."""
     if path.is_file():
         table = pd.read_csv(path, dtype={"listed": str, "label": str, "group": str})
         same_rows = table["listed"].tolist() == samples.train["listed"].tolist() and \
@@ -70,8 +73,13 @@ def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
                 f"{path}: has {table['fold'].nunique()} folds, the spec asks {n_folds}; use a new --run-dir"
             )
         return table
-    table = folds_table(samples, make_folds(samples, n_folds, seed, by))
+    return folds_table(samples, make_folds(samples, n_folds, seed, by))
+
+
+def save_folds(path: Path, samples: Samples, fold: np.ndarray) -> None:
+    """Write folds.csv (atomically) unless it is there: a hand-edited split is kept as it is."""
+    if path.is_file():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path.with_suffix(".tmp"), index=False)
+    folds_table(samples, fold).to_csv(path.with_suffix(".tmp"), index=False)
     path.with_suffix(".tmp").replace(path)
-    return table

@@ -30,7 +30,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         heads = {f"cv.{h}": v for h, v in t.user_attrs.get("head_scores", {}).items()}
         rows.append({
             "trial": t.number, "state": t.state.name.lower(),
-            "cv": t.value if t.state == TrialState.COMPLETE else None, **heads,
+            "cv": t.value if t.state == TrialState.COMPLETE else np.nan, **heads,
             "folds": " ".join(f"{s:.3f}" for s in folds),
             **{k: _short(v) for k, v in t.params.items()},
             "seconds": round(seconds, 1) if seconds is not None else None, "note": note,
@@ -60,7 +60,7 @@ def data_summary(data: SearchData) -> str:
     lines.append("folds: " + ", ".join(f"{k}: {n}" for k, n in fold_sizes.items()))
     for name, probe in (("train", train_probe), ("test", test_probe)):
         lines.append(f"{name} sizes: width {probe['width'].min()}-{probe['width'].max()}, height "
-                     f"{probe['height'].min()}-{probe['height'].max()}; modes "
+                     f"{probe['height'].min()}-{probe['height'].max()}; files by mode: "
                      + ", ".join(f"{m} {n}" for m, n in probe["mode"].value_counts().items()))
     lines.append(f"channels used: {data.channels}")
     return "\n".join(lines)

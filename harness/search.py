@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import socket
 import time
+import traceback
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .folds import folds_hash, listing_hash, load_or_make_folds
+from .folds import folds_hash, listing_hash, load_or_make_folds, save_folds
 from .images import infer_channels, load_resized_masks, probe_images
 from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
@@ -40,6 +42,18 @@ from .train import HOW_FIELDS, FoldResult, TrialConfig, default_workers, device,
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by `echo`, one line each
+
+
+class _NoFailedTrialWarnings(logging.Filter):
+    """Optuna warns of each failed trial with its traceback; `echo` already says it in one line, and
+    the traceback is kept in the trial's error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
 
 PRUNERS = Registry("pruner")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -109,30 +123,55 @@ def prepare_data(run: Run) -> SearchData:
                       folds_hash=folds_hash(table), y=y)
 
 
+def check_trainable(run: Run, data: SearchData) -> None:
+    """What only training needs, checked before any trial: the weights file `pretrained` names
+    exists, and some decoder × encoder pair builds (a ViT has no feature pyramid)."""
+    from .models import weights_file
+    from .segmentation import buildable
+
+    s = run.spec.search
+    try:
+        weights_file(s.pretrained)
+    except FileNotFoundError as err:
+        raise SpecError(f"'search.pretrained': {err}") from None
+    if run.spec.task == "segmentation" and not buildable(tuple(s.architectures), tuple(s.backbones),
+                                                          data.channels):
+        raise SpecError(f"'search.architectures' × 'search.backbones': no combination builds with "
+                        f"{data.channels} channel(s) ({', '.join(s.architectures)} × {', '.join(s.backbones)})")
+
+
 def open_study(run: Run, create: bool) -> optuna.Study:
+    missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
+    if not create and _sqlite_file(run.storage_url) and not _sqlite_file(run.storage_url).is_file():
+        raise missing  # opening it would create an empty database
+    if create:
+        run.paths.root.mkdir(parents=True, exist_ok=True)
     storage = _storage(run.storage_url)
     direction = metric_registry(run.spec.task).get(run.spec.metric).direction
     if not create:
         try:
             return optuna.load_study(study_name=run.study_name, storage=storage)
         except KeyError:
-            raise SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first") \
-                from None
-    run.paths.root.mkdir(parents=True, exist_ok=True)
-    sampler = optuna.samplers.TPESampler(seed=run.spec.seed, n_startup_trials=5)
-    return optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
-                               direction=direction, sampler=sampler,
-                               pruner=PRUNERS.get(run.spec.search.pruner)())
+            raise missing from None
+    study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
+                                direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)())
+    # The same seed in every process would draw a resumed study's first parameters again; offset
+    # by the trials the study holds, a fresh study and each resume are still repeatable.
+    study.sampler = optuna.samplers.TPESampler(seed=run.spec.seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=5)
+    return study
 
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
                echo: Callable[[str], None] = print) -> optuna.Study:
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
     data = prepare_data(run)
+    check_trainable(run, data)
     # Decode every image once now: a bad file is reported before any training starts.
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True)
     _check_fingerprint(study, run, data)
+    save_folds(run.paths.folds_csv, data.samples, data.fold)
     run.remember_overrides()
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
@@ -226,6 +265,7 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         start = time.time()
+        trial_dir = self.run.paths.trial_dir(trial.number)
         try:
             cfg = suggest_config(trial, self.run, self.data)
             owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
@@ -247,7 +287,9 @@ class Objective:
             raise
         except Exception as err:
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
-            trial.set_user_attr("fail_reason", reason)
+            error_file = trial_dir / "error.txt"
+            atomic_write_text(error_file, traceback.format_exc())
+            trial.set_user_attr("fail_reason", f"{reason} (traceback: {error_file})")
             raise
         finally:
             _release_memory()
@@ -349,8 +391,13 @@ class _FailureStreak:
                 study.stop()
         else:
             self.count = 0
-            value = "pruned" if trial.state == TrialState.PRUNED else f"CV {trial.value:.4f}"
-            self.echo(f"trial {trial.number} {trial.state.name.lower()}: {value} {trial.params}")
+            value = "" if trial.state == TrialState.PRUNED else f": CV {trial.value:.4f}"
+            self.echo(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")
+
+
+def _sqlite_file(url: str) -> Optional[Path]:
+    """The database file of an SQLite URL (sqlite:///relative or sqlite:////absolute), else None."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage | str:

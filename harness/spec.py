@@ -173,7 +173,11 @@ def apply_override(raw: Dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecError(f"--set {item!r}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
 
 
 def to_dict(spec: Competition) -> Dict[str, Any]:
@@ -285,6 +289,8 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     for key in ("image_size", "batch_size", "epochs"):
         if min(getattr(s, key)) < 1:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
+    if s.patience < 1:
+        raise SpecError(f"{path}: 'search.patience': needs at least 1, got {s.patience}")
     if min(s.aux_weight) < 0:
         raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
     if spec.submission.value == "probability" and spec.task != "binary":

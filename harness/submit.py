@@ -45,7 +45,8 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     atomic_write_text(run.paths.ensemble_json, json.dumps(record, indent=1))
     metric = run.spec.metric
     summary = [f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}",
-               f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"]
+               f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"
+               + _threshold_note(ens, preds)]
     if len(data.targets.heads) > 1:
         summary.append("ensemble per head: " + ", ".join(
             f"{h} {v:.4f}" for h, v in data.targets.head_scores(data.y, ens.oof, ens.thresholds).items()))
@@ -55,6 +56,14 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
         echo(line)
     echo(f"wrote {written} and {run.paths.report_html}")
     return out
+
+
+def _threshold_note(ens: Ensemble, preds: List[TrialPredictions]) -> str:
+    """Why the best trial's score here can differ from its CV in `harness status`."""
+    cv = next(p.cv for p in preds if p.number == ens.best_single)
+    if np.isclose(cv, ens.best_single_score):
+        return ""
+    return f" with its threshold fitted on OOF (CV {cv:.4f} at the default threshold, as status shows)"
 
 
 def load_trial_predictions(run: Run, study, data: SearchData) -> List[TrialPredictions]:

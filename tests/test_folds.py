@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from harness import SpecError, open_run
+from harness.folds import save_folds
 from harness.search import prepare_data
 
 
@@ -12,6 +13,8 @@ def test_folds_are_deterministic_and_saved(class_folder_competition, tmp_path):
     second = prepare_data(open_run(comp, run_dir=str(tmp_path / "b")))
     assert (first.fold == second.fold).all()
     assert first.folds_hash == second.folds_hash
+    assert not (tmp_path / "a" / "folds.csv").exists()  # a search saves them, once its study holds them
+    save_folds(tmp_path / "a" / "folds.csv", first.samples, first.fold)
     saved = pd.read_csv(tmp_path / "a" / "folds.csv")
     assert saved["fold"].tolist() == first.fold.tolist()
     # stratified: each fold holds half of each class
@@ -30,7 +33,8 @@ def test_saved_folds_are_reused_and_checked(class_folder_competition, tmp_path):
     comp = class_folder_competition()
     run_dir = str(tmp_path / "r")
     folds_csv = tmp_path / "r" / "folds.csv"
-    prepare_data(open_run(comp, run_dir=run_dir))
+    data = prepare_data(open_run(comp, run_dir=run_dir))
+    save_folds(folds_csv, data.samples, data.fold)
     table = pd.read_csv(folds_csv)
     table["fold"] = 1 - table["fold"]  # a user's hand-made split is kept as is
     table.to_csv(folds_csv, index=False)

@@ -57,8 +57,11 @@ def test_trials_means_total_so_running_again_continues(class_folder_competition,
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")  # already there: trains nothing
     assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE]
     cli("search", comp, "--run-dir", run_dir, "--trials", "3")
-    assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE] * 3
+    got, study = states(run_dir, "tiny-folders")
+    assert got == [TrialState.COMPLETE] * 3
     assert first.stat().st_mtime_ns == stamp
+    # each run of the command starts a new sampler: it must not draw trial 0's parameters again
+    assert study.trials[1].params != study.trials[0].params
 
 
 def test_csv_layout_submission_follows_the_sample(csv_competition, cli, tmp_path):
@@ -99,6 +102,7 @@ def test_a_failing_trial_fails_alone_with_its_reason(class_folder_competition, t
     got = [t.state for t in study.trials]
     assert got == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert "OutOfMemoryError" in (run_dir / "trials" / "t0000" / "error.txt").read_text()  # the traceback
     assert "OutOfMemoryError" in cli("status", comp, "--run-dir", run_dir).output
 
 
@@ -127,9 +131,28 @@ def test_submit_repredicts_when_the_test_set_changed(class_folder_competition, c
     assert "late.png" in set(sub["image"]) and len(sub) == 10
 
 
-def test_submit_before_search_says_what_to_do(class_folder_competition, cli, tmp_path):
-    result = cli("submit", class_folder_competition(), "--run-dir", tmp_path / "r", ok=False)
-    assert "run `harness search` first" in result.output
+def test_commands_before_search_say_what_to_do_and_write_nothing(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "r"
+    for command in ("status", "submit"):
+        result = cli(command, comp, "--run-dir", run_dir, ok=False)
+        assert "run `harness search` first" in result.output and "Traceback" not in result.output
+    assert "ok" in cli("validate", comp, "--run-dir", run_dir, "--set", "folds=3").output
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+    # validate's 3 folds were not kept: the search decides
+    assert "1 finished trials" in cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
+    assert pd.read_csv(run_dir / "folds.csv")["fold"].nunique() == 2
+
+
+def test_bad_input_that_only_training_would_meet_is_refused_by_validate(class_folder_competition, cli,
+                                                                        tmp_path):
+    comp = class_folder_competition()
+    result = cli("validate", comp, "--set", "search.pretrained=nowhere/weights.pth", ok=False)
+    assert "'search.pretrained': pretrained weights file nowhere/weights.pth does not exist" in result.output
+    result = cli("validate", comp, "--set", "search.epochs=[", ok=False)
+    assert "--set 'search.epochs=[': the value is not valid YAML" in result.output
+    assert "'search.patience': needs at least 1" in cli("validate", comp, "--set", "search.patience=0",
+                                                        ok=False).output
+    assert "Traceback" not in result.output
 
 
 def test_storage_url_is_remembered(class_folder_competition, cli, tmp_path):

@@ -132,6 +132,9 @@ def test_segmentation_spec_errors(volume, pairs, cli, tmp_path):
     assert "'search.loss': unknown value 'ce' (allowed: bce, bce_dice, dice, focal, lovasz)" in result.output
     result = cli("validate", volume, "--set", "search.architectures=[unet3]", ok=False)
     assert "'search.architectures': unknown value 'unet3'" in result.output
+    result = cli("validate", volume, "--set", "search.architectures=[unet]",
+                 "--set", "search.backbones=[vit_tiny_patch16_224]", ok=False)  # a ViT has no feature pyramid
+    assert "'search.architectures' × 'search.backbones': no combination builds" in result.output
     (pairs.parent / "pairs" / "masks" / "cell 3.png").unlink()
     result = cli("validate", pairs, ok=False)
     assert "image 'cell 3.jpg' has no mask named cell 3.*" in result.output
