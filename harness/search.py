@@ -288,8 +288,12 @@ class Objective:
         except Exception as err:
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
             error_file = trial_dir / "error.txt"
-            atomic_write_text(error_file, traceback.format_exc())
-            trial.set_user_attr("fail_reason", f"{reason} (traceback: {error_file})")
+            try:
+                atomic_write_text(error_file, traceback.format_exc())
+                reason += f" (traceback: {error_file})"
+            except OSError:  # a full disk, say: the reason still reaches the study
+                pass
+            trial.set_user_attr("fail_reason", reason)
             raise
         finally:
             _release_memory()

@@ -28,3 +28,5 @@ def test_search_speed_benchmark_smoke(class_folder_competition):
     result = run_benchmark("search_speed.py", "--competition", class_folder_competition(), "--trials", "2")
     assert result["without"]["pruner"] == "none" and result["with"]["pruner"] == "median"
     assert result["without"]["complete"] == 2 and "time_ratio" in result
+    # the pruned search's best came within reach during its own run, or never
+    assert result["reach_ratio"] is None or 0 < result["reach_ratio"] <= result["time_ratio"] + 0.05
