@@ -152,6 +152,7 @@ def test_bad_input_that_only_training_would_meet_is_refused_by_validate(class_fo
     assert "--set 'search.epochs=[': the value is not valid YAML" in result.output
     assert "'search.patience': needs at least 1" in cli("validate", comp, "--set", "search.patience=0",
                                                         ok=False).output
+    assert "'--trials': 0 is not in the range x>=1" in cli("search", comp, "--trials", "0", ok=False).output
     assert "Traceback" not in result.output
 
 
