@@ -127,22 +127,20 @@ def check_trainable(run: Run, data: SearchData) -> None:
     """What only training needs, checked before any trial: the weights file `pretrained` names
     exists, and some decoder × encoder pair builds (a ViT has no feature pyramid)."""
     from .models import weights_file
-    from .segmentation import buildable
+    from .segmentation import buildable_models
 
-    s = run.spec.search
     try:
-        weights_file(s.pretrained)
+        weights_file(run.spec.search.pretrained)
     except FileNotFoundError as err:
         raise SpecError(f"'search.pretrained': {err}") from None
-    if run.spec.task == "segmentation" and not buildable(tuple(s.architectures), tuple(s.backbones),
-                                                          data.channels):
-        raise SpecError(f"'search.architectures' × 'search.backbones': no combination builds with "
-                        f"{data.channels} channel(s) ({', '.join(s.architectures)} × {', '.join(s.backbones)})")
+    if run.spec.task == "segmentation":
+        buildable_models(run.spec.search, data.channels)
 
 
 def open_study(run: Run, create: bool) -> optuna.Study:
     missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
-    if not create and _sqlite_file(run.storage_url) and not _sqlite_file(run.storage_url).is_file():
+    db_file = _sqlite_file(run.storage_url)
+    if not create and db_file is not None and not db_file.is_file():
         raise missing  # opening it would create an empty database
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,18 @@ def buildable(archs: Tuple[str, ...], encoders: Tuple[str, ...], channels: int) 
     return out
 
 
+def buildable_models(search, channels: int) -> List[str]:
+    """The search space's 'arch/encoder' pairs that build; none is a spec error (a ViT has no
+    feature pyramid), raised by `validate` and before any trial."""
+    from .spec import SpecError
+
+    models = buildable(tuple(search.architectures), tuple(search.backbones), channels)
+    if not models:
+        raise SpecError(f"'search.architectures' × 'search.backbones': no combination builds with "
+                        f"{channels} channel(s) ({', '.join(search.architectures)} × {', '.join(search.backbones)})")
+    return models
+
+
 class MaskDataset(Dataset):
     """Image + mask pairs, augmented together (flips, elastic, crops), as uint8 C×H×W and float 1×H×W."""
 
@@ -295,12 +307,7 @@ class SegmentationTask:
 
     def suggest_model(self, trial, search, channels: int) -> Tuple[str, str]:
         """(architecture/encoder, "smp") for one trial, among the combinations that build."""
-        from .spec import SpecError
-
-        models = buildable(tuple(search.architectures), tuple(search.backbones), channels)
-        if not models:
-            raise SpecError("no combination of search.architectures and search.backbones builds")
-        return trial.suggest_categorical("model", models), "smp"
+        return trial.suggest_categorical("model", buildable_models(search, channels)), "smp"
 
     def summary_lines(self, samples, y: np.ndarray) -> List[str]:
         return [f"train: {len(samples.train)} images with masks; test: {len(samples.test)} images",
