@@ -9,7 +9,7 @@ import click
 import pandas as pd
 
 from .paths import Run, open_run
-from .spec import SpecError
+from .errors import SpecError, os_error_line
 
 REGISTRIES = {
     "layouts": "harness.layouts:LAYOUTS", "metrics": "harness.metrics:METRICS",
@@ -41,6 +41,8 @@ def run_options(command: Callable) -> Callable:
             return command(run, **kwargs)
         except SpecError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a full disk, a read-only folder: no traceback, what to do
+            raise click.ClickException(os_error_line(err)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -20,7 +20,7 @@ def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified"
     """
     if by == "blocks":
         if len(samples.train) < n_folds:
-            raise SpecError(f"folds: {n_folds} blocks need at least {n_folds} samples")
+            raise SpecError(f"folds: {n_folds} blocks need at least {n_folds} samples: lower folds")
         return np.arange(len(samples.train)) * n_folds // len(samples.train)
     y = pd.factorize(samples.train["label"])[0]
     groups = samples.train["group"]
@@ -28,12 +28,13 @@ def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified"
     if has_groups:
         n_groups = groups.nunique()
         if n_groups < n_folds:
-            raise SpecError(f"folds: {n_folds} folds need at least {n_folds} groups, found {n_groups}")
+            raise SpecError(f"folds: {n_folds} folds need at least {n_folds} groups, found {n_groups}: "
+                            "lower folds (or group by fewer columns)")
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y, groups.to_numpy())
     else:
         if np.bincount(y).max() < n_folds:
-            raise SpecError(f"folds: {n_folds} folds need a class with at least {n_folds} images")
+            raise SpecError(f"folds: {n_folds} folds need a class with at least {n_folds} images: lower folds")
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y)
     fold = np.full(len(y), -1, dtype=int)
@@ -63,7 +64,8 @@ def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
     Nothing is written here: `save_folds` does that once a study holds them, so a `validate` or
     a refused search leaves the user free to change `folds` in the same run directory."""
     if path.is_file():
-        table = pd.read_csv(path, dtype={"listed": str, "label": str, "group": str})
+        # labels are strings: 'NA', 'None' or 'null' are classes, not missing values
+        table = pd.read_csv(path, dtype={"listed": str, "label": str, "group": str}, keep_default_na=False)
         same_rows = table["listed"].tolist() == samples.train["listed"].tolist() and \
             table["label"].tolist() == samples.train["label"].tolist()
         if not same_rows:

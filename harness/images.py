@@ -37,7 +37,7 @@ def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
             im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:
-        raise SpecError(f"image {path}: cannot be decoded ({err})") from None
+        raise SpecError(f"image {path}: cannot be decoded ({err}): re-save it or remove it") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -105,12 +105,16 @@ def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) ->
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels))
-        Parallel(n_jobs=-1, prefer="threads")(delayed(_decode_into)(out, i, p, size, channels)
-                                              for i, p in enumerate(paths))
-        out.flush()
-        del out
-        tmp.replace(path)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                            shape=(len(paths), size, size, channels))
+            Parallel(n_jobs=-1, prefer="threads")(delayed(_decode_into)(out, i, p, size, channels)
+                                                  for i, p in enumerate(paths))
+            out.flush()
+            del out
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # ours: left only when a file failed to decode
         for stale in folder.glob(f"{prefix}*.npy"):  # the same listing before a file changed
             if stale != path and ".tmp" not in stale.name:
                 stale.unlink(missing_ok=True)
@@ -136,7 +140,7 @@ def _probe_all(paths: Tuple[str, ...]) -> pd.DataFrame:
             with Image.open(path) as im:
                 return {"path": path, "width": im.width, "height": im.height, "mode": im.mode}
         except (OSError, ValueError, SyntaxError) as err:
-            raise SpecError(f"image {path}: not a readable image ({err})") from None
+            raise SpecError(f"image {path}: not a readable image ({err}): re-save it or remove it") from None
 
     rows = Parallel(n_jobs=-1, prefer="threads")(delayed(probe)(p) for p in paths)
     return pd.DataFrame(rows, columns=["path", "width", "height", "mode"])

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .images import read_image, to_uint8
+from .images import probe_images, read_image, to_uint8
 from .spec import SpecError
 
 
@@ -46,8 +46,25 @@ def load_masks(frame, positive_value: Optional[int]) -> np.ndarray:
     return (masks == positive_value if positive_value is not None else masks > 0).astype(np.uint8)
 
 
+def check_mask_sizes(frame, masks: np.ndarray) -> None:
+    """Each image has the size of its mask (from headers and TIFF pages, before any training)."""
+    mh, mw = masks.shape[1:3]
+    pages = frame["page"] if "page" in frame else [None] * len(frame)
+    files = [p for p, page in zip(frame["path"], pages) if _is_file(page)]
+    sizes = iter(probe_images(files)[["height", "width"]].to_numpy()) if files else iter(())
+    for path, page, mask, listed in zip(frame["path"], pages, frame["mask_path"], frame["listed"]):
+        h, w = next(sizes) if _is_file(page) else _volume(path).shape[1:3]
+        if (h, w) != (mh, mw):
+            raise SpecError(f"{mask}: the mask of image {listed!r} is {mw}x{mh}, the image is {w}x{h}: "
+                            "save each mask at its image's size")
+
+
+def _is_file(page) -> bool:
+    return page is None or (isinstance(page, float) and np.isnan(page))
+
+
 def _page_or_file(path: str, page, channels: int) -> np.ndarray:
-    if page is None or (isinstance(page, float) and np.isnan(page)):
+    if _is_file(page):
         return read_image(path, channels)
     img = _volume(path)[int(page)]
     img = img[:, :, None] if img.ndim == 2 else img
@@ -70,7 +87,7 @@ def _same_size(arrays: List[np.ndarray], names) -> np.ndarray:
     for array, name in zip(arrays, names):
         if array.shape[:2] != shape:
             raise SpecError(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
-                        f"{shape[1]}x{shape[0]}: segmentation needs one image size")
+                        f"{shape[1]}x{shape[0]}: segmentation needs one image size; resize them")
     return np.stack(arrays)
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .spec import Competition, SpecError, load_competition, read_raw
+from .errors import SpecError
+from .spec import Competition, load_competition, read_raw
 
 
 @dataclass
@@ -81,8 +82,14 @@ class Run:
     paths: RunPaths
     data_root: Path
     storage_url: str
+    storage_given: bool = False  # --storage on this command: remembered once it connected
     overrides: List[str] = field(default_factory=list)  # remembered ones first, then this command's
     remembered: List[str] = field(default_factory=list)  # read from options.json
+
+    def remember_storage(self) -> None:
+        """Store --storage (once it connected) so that later commands find the study."""
+        if self.storage_given:
+            atomic_write_text(self.paths.study_url_file, self.storage_url + "\n")
 
     def remember_overrides(self) -> None:
         """Store the overrides so that later commands on this run dir need not repeat them."""
@@ -114,7 +121,7 @@ def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optio
         raise SpecError(f"{err} (with the overrides remembered in {paths.options_json})") from None
     data = spec.resolve_data_root(data_root, paths.root)
     return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
-               overrides=overrides, remembered=remembered)
+               storage_given=bool(storage), overrides=overrides, remembered=remembered)
 
 
 def merge_overrides(first: Sequence[str], then: Sequence[str]) -> List[str]:
@@ -137,18 +144,31 @@ def _remembered_overrides(paths: RunPaths) -> List[str]:
 
 
 def _storage_url(paths: RunPaths, storage: Optional[str]) -> str:
-    """--storage wins and is remembered for later commands; else the run's SQLite file."""
+    """--storage wins (remembered by the study once it connected); else the remembered URL; else
+    the run's SQLite file."""
     if storage:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        paths.study_url_file.write_text(storage + "\n")
-        return storage
+        return absolute_sqlite(storage)
     if paths.study_url_file.is_file():
         return paths.study_url_file.read_text().strip()
     return f"sqlite:///{paths.study_db}"
 
 
+def absolute_sqlite(url: str) -> str:
+    """A relative SQLite URL (sqlite:///x.db) made absolute: remembered, it must mean the same file
+    from any working directory."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:////"):
+        return url
+    path, _, query = url[len("sqlite:///"):].partition("?")
+    if not path or path == ":memory:":
+        return url
+    return f"sqlite:///{Path(path).resolve()}" + (f"?{query}" if query else "")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # ours: left only when writing failed (a full disk)

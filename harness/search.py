@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 import traceback
 import warnings
@@ -28,13 +29,14 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from .errors import SearchStopped, fault_line, is_machine_fault, storage_error_line
 from .folds import folds_hash, listing_hash, load_or_make_folds, save_folds
 from .images import infer_channels, load_resized_masks, probe_images
 from .layouts import Samples, load_samples
 from .paths import Run, atomic_write_text
 from .registry import Registry
 from .spec import SpecError, declares_aux_masks, metric_registry, to_dict, uses_aux_masks
-from .masks import load_masks
+from .masks import check_mask_sizes, load_masks
 from .segmentation import SegmentationTask
 from .targets import Targets, targets_for
 from .train import HOW_FIELDS, FoldResult, TrialConfig, default_workers, device, fit_fold, load_fold
@@ -117,6 +119,7 @@ def prepare_data(run: Run) -> SearchData:
     if run.spec.task == "segmentation":
         targets = SegmentationTask.for_metric(run.spec.metric, run.spec.tile_size)
         y = load_masks(samples.train, run.spec.positive_value)
+        check_mask_sizes(samples.train, y)
     else:
         targets, y = targets_for(run.spec, samples.heads), samples.y
     return SearchData(samples=samples, targets=targets, channels=channels, fold=table["fold"].to_numpy(),
@@ -132,7 +135,7 @@ def check_trainable(run: Run, data: SearchData) -> None:
     try:
         weights_file(run.spec.search.pretrained)
     except FileNotFoundError as err:
-        raise SpecError(f"'search.pretrained': {err}") from None
+        raise SpecError(f"'search.pretrained': {err}: give an existing file, or true / false") from None
     if run.spec.task == "segmentation":
         buildable_models(run.spec.search, data.channels)
 
@@ -144,13 +147,17 @@ def open_study(run: Run, create: bool) -> optuna.Study:
         raise missing  # opening it would create an empty database
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)
-    storage = _storage(run.storage_url)
+    storage = connect(run.storage_url)
     direction = metric_registry(run.spec.task).get(run.spec.metric).direction
     if not create:
         try:
-            return optuna.load_study(study_name=run.study_name, storage=storage)
+            study = optuna.load_study(study_name=run.study_name, storage=storage)
         except KeyError:
             raise missing from None
+        if run.paths.root.is_dir():
+            run.remember_storage()
+        return study
+    run.remember_storage()
     study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
                                 direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)())
     # The same seed in every process would draw a resumed study's first parameters again; offset
@@ -165,6 +172,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
     data = prepare_data(run)
     check_trainable(run, data)
+    ensure_writable(run.paths.root)
     # Decode every image once now: a bad file is reported before any training starts.
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True)
@@ -181,12 +189,30 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
         if left is not None and left <= 0:
             echo(f"timeout: {count_finished(study)} of {trials} trials finished")
             break
-        study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), streak],
-                       gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
+                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), streak],
+                           gc_after_trial=True)
+        except Exception as err:
+            if objective.fault is None and not is_machine_fault(err):
+                raise
+            raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
+        if objective.fault is not None:
+            raise SearchStopped(objective.fault)
     if streak.tripped:
-        raise RuntimeError(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
+        raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
     return study
+
+
+def ensure_writable(folder: Path) -> None:
+    """The run dir can be written (a probe file, made and removed), or one line says so."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise SpecError(f"run dir {folder}: cannot be written ({err.strerror or err}): choose another "
+                        "--run-dir, or make it writable") from None
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -258,6 +284,7 @@ class Objective:
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
         self.run, self.data, self.echo = run, data, echo
         self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
+        self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
@@ -284,6 +311,12 @@ class Objective:
             trial.set_user_attr("interrupted", True)
             raise
         except Exception as err:
+            if is_machine_fault(err):  # not the trial's fault: stop, and run it again next time
+                self.fault = fault_line(err, self.run.storage_url, str(trial_dir))
+                _quietly(trial.set_user_attr, "fail_reason", f"interrupted: {self.fault}")
+                _quietly(trial.set_user_attr, "interrupted", True)
+                trial.study.stop()
+                raise
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
             error_file = trial_dir / "error.txt"
             try:
@@ -385,6 +418,8 @@ class _FailureStreak:
         return self.count >= MAX_FAILURES_IN_A_ROW
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("interrupted"):
+            return  # stopped by a fault of the machine, said once by the search; it runs again
         if trial.state == TrialState.FAIL:
             self.count += 1
             self.reason = trial.user_attrs.get("fail_reason", "unknown")
@@ -402,12 +437,23 @@ def _sqlite_file(url: str) -> Optional[Path]:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage | str:
-    if not url.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
-        return url
+def connect(url: str) -> RDBStorage:
+    """The study storage at `url`, connected (its schema made if new); a URL that cannot be opened
+    is one line saying why (no driver, not a URL, no server), before anything is remembered."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=300,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=300,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except Exception as err:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
+        raise SpecError(storage_error_line(url, err)) from None
+
+
+def _quietly(call: Callable, *args) -> None:
+    """Record what can be recorded: the storage may be what failed."""
+    try:
+        call(*args)
+    except Exception:  # noqa: BLE001 - the fault is reported by the caller
+        pass
 
 
 def _process_alive(pid: Optional[int]) -> bool:

@@ -14,11 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .errors import SpecError
+
 SPEC_FILE = "competition.yaml"
-
-
-class SpecError(ValueError):
-    """A competition spec or its data is wrong; the message is one line naming what and where."""
 
 
 def _choices(registry_path: str) -> Dict[str, Any]:
@@ -149,11 +147,14 @@ def read_raw(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[P
     folder = Path(folder)
     path = folder / SPEC_FILE if folder.is_dir() else folder
     if not path.is_file():
-        raise SpecError(f"{path}: no such competition spec")
+        raise SpecError(f"{path}: no such competition spec: point at a folder holding {SPEC_FILE}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}{where}: not valid YAML ({problem}): fix that line") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     for item in overrides:
@@ -177,7 +178,7 @@ def apply_override(raw: Dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+        raise SpecError(f"--set {item!r}: the value is not valid YAML ({problem}): quote it, or close its brackets") from None
 
 
 def to_dict(spec: Competition) -> Dict[str, Any]:
@@ -203,7 +204,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         key = _join(where, name)
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise SpecError(f"missing key '{key}'")
+                raise SpecError(f"missing key '{key}': add it to {SPEC_FILE}")
             continue
         kwargs[name] = _convert(hints[name], raw[name], key, f.metadata.get("choices"))
     return cls(**kwargs)
@@ -279,7 +280,7 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     """Rules that span several keys."""
     s = spec.search
     if spec.folds < 2:
-        raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}")
+        raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}: set folds: 5")
     if spec.tile_size < 32:
         raise SpecError(f"{path}: 'tile_size': needs at least 32, got {spec.tile_size}")
     for key in ("lr", "weight_decay"):
@@ -290,7 +291,8 @@ def _check_consistency(spec: Competition, path: Path) -> None:
         if min(getattr(s, key)) < 1:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
     if s.patience < 1:
-        raise SpecError(f"{path}: 'search.patience': needs at least 1, got {s.patience}")
+        raise SpecError(f"{path}: 'search.patience': needs at least 1, got {s.patience}: count it in epochs, "
+                        "e.g. 4")
     if min(s.aux_weight) < 0:
         raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
     if spec.submission.value == "probability" and spec.task != "binary":
@@ -301,6 +303,15 @@ def _check_consistency(spec: Competition, path: Path) -> None:
     _check_task_choices(spec, path)
     _check_augment_on(spec, path)
     _check_backbones(s.backbones, path)
+
+
+def submission_columns(spec: Competition) -> List[str]:
+    """The columns a csv submission has, in order: the id, then a target column per head."""
+    sub = spec.submission
+    if spec.task != "multihead":
+        return [sub.id_column, sub.target_column]
+    return [sub.id_column, *(sub.columns or spec.train.targets)] + \
+        ([sub.combined_column] if sub.combined_column else [])
 
 
 def declares_aux_masks(spec: Competition) -> bool:

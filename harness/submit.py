@@ -10,11 +10,12 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
+from .layouts import read_sample_submission
 from .paths import Run, atomic_write_text
 from .masks import write_submission as write_masks
 from .report import leaderboard, oof_lines, oof_report, write_report_page
 from .search import SearchData, assemble_oof, open_study, prepare_data
-from .spec import Competition, SpecError
+from .spec import Competition, SpecError, submission_columns
 from .targets import Targets
 from .train import TrialConfig, load_fold, predict_from_checkpoint, read_done
 
@@ -23,7 +24,7 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     """Write `<run-dir>/<submission.file>` and `ensemble.json`; returns the submission's path."""
     data = prepare_data(run)
     study = open_study(run, create=False)
-    preds = load_trial_predictions(run, study, data)
+    preds = load_trial_predictions(run, study, data, echo)
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
                         "(pruned and failed trials are left out): run `harness search` first")
@@ -66,8 +67,11 @@ def _threshold_note(ens: Ensemble, preds: List[TrialPredictions]) -> str:
     return f" with its threshold fitted on OOF (CV {cv:.4f} at the default threshold, as status shows)"
 
 
-def load_trial_predictions(run: Run, study, data: SearchData) -> List[TrialPredictions]:
-    """OOF and fold-averaged test predictions of every COMPLETE trial, read from the run directory."""
+def load_trial_predictions(run: Run, study, data: SearchData,
+                           echo: Callable[[str], None] = lambda line: None) -> List[TrialPredictions]:
+    """OOF and fold-averaged test predictions of every COMPLETE trial, read from the run directory;
+    a trial whose predictions are not finite (a diverged model, finished before this was checked)
+    is left out."""
     preds = []
     n_train = len(data.samples.train)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -76,8 +80,12 @@ def load_trial_predictions(run: Run, study, data: SearchData) -> List[TrialPredi
         if any(f is None for f in folds):
             continue  # its files were removed by hand: skip rather than guess
         tests = [_test_predictions(run, data, owner, f.fold, f.test) for f in folds]
-        preds.append(TrialPredictions(number=t.number, cv=t.value, oof=assemble_oof(folds, n_train),
-                                      test=np.mean(tests, axis=0)))
+        pred = TrialPredictions(number=t.number, cv=t.value, oof=assemble_oof(folds, n_train),
+                                test=np.mean(tests, axis=0))
+        if not (np.isfinite(pred.oof).all() and np.isfinite(pred.test).all()):
+            echo(f"trial {t.number} left out: its predictions are not finite (the model diverged)")
+            continue
+        preds.append(pred)
     return preds
 
 
@@ -100,9 +108,7 @@ def submission_frame(spec: Competition, targets: Targets, ids: pd.Series, proba:
         frame[sub.target_column] = proba[:, targets.heads[0].cols][:, 1]
         return frame
     labels = targets.labels(proba, thresholds)
-    columns = sub.columns or [h.name for h in targets.heads]
-    if len(targets.heads) == 1:
-        columns = [sub.target_column]
+    columns = submission_columns(spec)[1:]  # a combined column, if any, comes after the heads
     for i, (head, column) in enumerate(zip(targets.heads, columns)):
         frame[column] = np.asarray(head.classes, dtype=object)[labels[:, i]]
     if sub.combined_column:
@@ -116,20 +122,8 @@ def check_submission(frame: pd.DataFrame, spec: Competition, data_root: Path, n_
     sub = spec.submission
     if frame.isna().any().any():
         raise SpecError("submission has empty predictions")
-    if sub.sample:
-        sample_path = data_root / sub.sample
-        if not sample_path.is_file():
-            raise SpecError(f"submission.sample: {sample_path} does not exist")
-        sample = pd.read_csv(sample_path, dtype=str)
-        if list(sample.columns) != list(frame.columns):
-            raise SpecError(f"{sample_path.name}: columns {list(sample.columns)} but the spec writes "
-                            f"{list(frame.columns)}")
-        ours, theirs = set(frame[sub.id_column]), set(sample[sub.id_column])
-        if ours != theirs:
-            missing = sorted(theirs - ours)[:3]
-            extra = sorted(ours - theirs)[:3]
-            raise SpecError(f"{sample_path.name}: ids differ from the test images "
-                            f"(missing {missing}, not in sample {extra})")
+    sample = read_sample_submission(spec, data_root, frame[sub.id_column])
+    if sample is not None:
         frame = frame.set_index(sub.id_column).loc[sample[sub.id_column]].reset_index()
     elif len(frame) != n_test or frame[sub.id_column].duplicated().any():
         raise SpecError(f"submission has {len(frame)} rows / duplicate ids for {n_test} test images")

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -165,8 +166,10 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
             loss_sum += loss.detach().float()
         train_loss = loss_sum.item() / max(1, len(batches))
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"loss is {train_loss} at epoch {epoch + 1} (lr {cfg.lr:.2g})")
+            raise FloatingPointError(f"loss is {train_loss} at epoch {epoch + 1} (lr {cfg.lr:.2g}): "
+                                     "lower search.lr")
         proba = predict(images if resident is None else resident, val_idx, ["id"])
+        _check_finite(proba, f"validation predictions at epoch {epoch + 1}", cfg)
         val_loss = targets.nll(y[val_idx], proba)
         score = targets.score(y[val_idx], proba)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
@@ -187,6 +190,8 @@ def fit_fold(cfg: TrialConfig, targets: Targets, images: np.ndarray, y: np.ndarr
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
     oof = predict(images if resident is None else resident, val_idx, views)
     test = predict(test_images, np.arange(len(test_images)), views)
+    _check_finite(oof, "out-of-fold predictions", cfg)
+    _check_finite(test, "test predictions", cfg)
     result = FoldResult(fold=fold, score=targets.score(y[val_idx], oof), val_index=val_idx, oof=oof,
                         test=test, best_epoch=best_epoch + 1, val_loss=targets.nll(y[val_idx], oof),
                         seconds=time.time() - start)
@@ -223,8 +228,9 @@ def save_fold(out_dir: Path, result: FoldResult, model: torch.nn.Module, history
     np.save(out_dir / "oof.npy", compact(result.oof))
     np.save(out_dir / "val_index.npy", result.val_index)
     np.save(out_dir / "test.npy", compact(result.test))
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-               out_dir / "model.pt")
+    checkpoint = io.BytesIO()  # written by Python, so a full disk is an OSError that names the file
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, checkpoint)
+    (out_dir / "model.pt").write_bytes(checkpoint.getbuffer())
     history.to_csv(out_dir / "history.csv", index=False)
     done = {"fold": result.fold, "score": result.score, "best_epoch": result.best_epoch,
             "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
@@ -252,7 +258,7 @@ def predict_from_checkpoint(cfg: TrialConfig, targets: Targets, out_dir: Path, i
     """Re-predict `images` with a fold's saved model (used when the test set changed since training)."""
     dev = device()
     model = MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, False)
-    model.load_state_dict(torch.load(out_dir / "model.pt", map_location="cpu"))
+    model.load_state_dict(torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True))
     model = model.float().to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
@@ -281,6 +287,14 @@ def _view(x: torch.Tensor, view: str) -> torch.Tensor:
 def _unview(p: torch.Tensor, view: str) -> torch.Tensor:
     """Maps (N × H × W) are flipped back to the original orientation; class scores need nothing."""
     return p if p.ndim < 3 else _view(p[:, None], view)[:, 0]
+
+
+def _check_finite(proba: np.ndarray, what: str, cfg: TrialConfig) -> None:
+    """A model that diverged predicts NaN or inf: the trial fails rather than scoring (and submitting) it."""
+    bad = np.count_nonzero(~np.isfinite(proba))
+    if bad:
+        raise FloatingPointError(f"{what} are not finite ({bad / proba.size:.0%} NaN or inf; lr "
+                                 f"{cfg.lr:.2g}): the model diverged, lower search.lr")
 
 
 def _amp_dtype(dev: torch.device) -> Optional[torch.dtype]:

@@ -83,7 +83,7 @@ def test_submission_ids_must_match_the_sample(csv_competition, cli, tmp_path):
     sample.loc[0, "file"] = "t99.png"
     sample.to_csv(sample_path, index=False)
     result = cli("submit", comp, "--run-dir", run_dir, ok=False)
-    assert "ids differ from the test images (missing ['t99.png']" in result.output
+    assert "ids differ from the test images (in the sample only: ['t99.png']" in result.output
     assert not (run_dir / "preds.csv").exists()
 
 
