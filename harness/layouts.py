@@ -147,7 +147,7 @@ def _ordered_classes(labels: pd.Series, spec: "Competition") -> List[str]:
     if spec.task == "multihead":
         if len(classes) < 2:
             raise SpecError(f"target {labels.name[6:]!r} has a single class {classes}: nothing to learn; "
-                               "drop it from train.targets")
+                            "drop it from train.targets")
         return classes
     if spec.task == "binary":
         if len(classes) != 2:
