@@ -23,7 +23,7 @@ from typing import Optional
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from harness import open_run, search
+from harness import open_run, run_search
 
 TOLERANCE = 0.01  # "within 0.01 of the unpruned best CV"
 
@@ -32,7 +32,7 @@ def timed_search(competition: str, run_dir: Path, trials: int, overrides, data_r
     run = open_run(competition, data_root=data_root, run_dir=str(run_dir), overrides=overrides)
     started = datetime.now()
     start = time.perf_counter()
-    study = search(run, trials=trials, echo=lambda line: None)
+    study = run_search(run, trials=trials, echo=lambda line: None)
     seconds = time.perf_counter() - start
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))

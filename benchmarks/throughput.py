@@ -29,10 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from harness import open_run
-from harness.feed import AUGMENT_ON, augments_on_device
-from harness.images import load_resized
-from harness.search import prepare_data
-from harness.train import TrialConfig, _amp_dtype, default_workers, device, fit_fold
+from harness.config.paths import FoldPaths
+from harness.data import prepare_data
+from harness.data.images import load_resized
+from harness.training import fit_fold, trial_config
+from harness.training.device import amp_dtype, default_workers, device
+from harness.training.feed import AUGMENT_ON, augments_on_device
 
 ON_GPU = torch.cuda.is_available()
 
@@ -43,14 +45,12 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
     cache = run.paths.cache_dir
     images = load_resized(data.samples.train["path"].tolist(), size, data.channels, cache)
     test_images = load_resized(data.samples.test["path"].tolist()[:8], size, data.channels, cache)
-    cfg = TrialConfig(backbone=model, image_size=size, augment="medium", loss=["ce"] * len(data.targets.heads),
-                      imbalance="none", lr=1e-3, weight_decay=1e-4, batch_size=batch, epochs=epochs,
-                      patience=epochs, pretrained=False, tta=False, seed=0, channels=data.channels,
-                      orientation=run.spec.orientation, metric=run.spec.metric,
-                      num_classes=data.targets.width, num_workers=default_workers(), augment_on=augment_on,
-                      compile=compile)
+    cfg = trial_config(backbone=model, image_size=size, augment="medium", loss=["ce"] * len(data.task.heads),
+                       weight_decay=1e-4, batch_size=batch, epochs=epochs, patience=epochs, channels=data.channels,
+                       orientation=run.spec.orientation, metric=run.spec.metric, num_classes=data.task.width,
+                       num_workers=default_workers(), augment_on=augment_on, compile=compile)
     train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
-    fit_fold(cfg, data.targets, images, data.samples.y, train_idx, val_idx, test_images, 0, out)
+    fit_fold(cfg, data.task, images, data.samples.y, train_idx, val_idx, test_images, 0, FoldPaths(out))
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()
     return len(train_idx) / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
 
@@ -63,7 +63,7 @@ def ceiling_loop(model_name: str, size: int, channels: int, classes: int, batch:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, size, size, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=dev)
-    amp = _amp_dtype(dev)
+    amp = amp_dtype(dev)
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -143,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = open_run(args.competition, data_root=args.data_root, run_dir=tmp)
         data = prepare_data(run)
-        classes = data.targets.width
+        classes = data.task.width
         on_device = augments_on_device(args.augment_on, "medium", True, device())
         result = {"device": torch.cuda.get_device_name() if ON_GPU else "cpu", "competition": run.spec.name,
                   "size": args.size, "batch": args.batch, "augment": "medium",

@@ -1,13 +1,18 @@
 """harness: k-fold Optuna search over timm backbones, OOF store, fold ensembles, submissions.
 
-    from harness import open_run, search, submit
-    run = open_run("competitions/digits", overrides=["search.epochs=[1]"])
-    search(run, trials=2)
-    submit(run)
-"""
-from .paths import Run, open_run
-from .search import run_search as search
-from .spec import Competition, SpecError, load_competition
-from .submit import make_submission as submit
+    from harness import open_run, run_search, make_submission
+    run = open_run("competitions/digits", run_dir="runs/digits-api", overrides=["search.epochs=[1]"])
+    run_search(run, trials=2)
+    make_submission(run)
 
-__all__ = ["Competition", "Run", "SpecError", "load_competition", "open_run", "search", "submit"]
+The pipeline's stages are its packages: `config` (spec, run paths) → `data` (listings, images,
+folds) → `tasks` (what is predicted and scored) → `training` (one fold) → `search` (the study)
+→ `submit` (ensemble, formats, report); `cli` is on top.
+"""
+from .config import Competition, Run, load_competition, open_run
+from .errors import SpecError
+from .search import run_search
+from .submit import make_submission
+
+__version__ = "0.2.0"
+__all__ = ["Competition", "Run", "SpecError", "load_competition", "make_submission", "open_run", "run_search"]

@@ -8,16 +8,16 @@ from typing import Callable
 import click
 import pandas as pd
 
-from .paths import Run, open_run
+from .config.paths import Run, open_run
 from .errors import SpecError, os_error_line
 
 REGISTRIES = {
-    "layouts": "harness.layouts:LAYOUTS", "metrics": "harness.metrics:METRICS",
-    "losses": "harness.losses:LOSSES", "augmentations": "harness.augment:AUGMENTS",
-    "pruners": "harness.search:PRUNERS", "models": "harness.models:MODEL_FAMILIES",
-    "preparers": "harness.layouts:PREPARERS", "imbalance": "harness.sampling:IMBALANCE",
-    "segmentation_losses": "harness.segmentation:SEG_LOSSES",
-    "segmentation_metrics": "harness.segmentation:SEG_METRICS",
+    "tasks": "harness.tasks:TASKS", "layouts": "harness.data.layouts:LAYOUTS",
+    "preparers": "harness.data.preparers:PREPARERS", "metrics": "harness.tasks.metrics:METRICS",
+    "losses": "harness.tasks.losses:LOSSES", "segmentation_losses": "harness.tasks.pixels:SEG_LOSSES",
+    "segmentation_metrics": "harness.tasks.pixels:SEG_METRICS", "augmentations": "harness.training.augment:AUGMENTS",
+    "imbalance": "harness.training.sampling:IMBALANCE", "models": "harness.training.models:MODEL_FAMILIES",
+    "pruners": "harness.search.pruners:PRUNERS", "formats": "harness.submit.formats:FORMATS",
 }
 
 
@@ -59,8 +59,8 @@ def main() -> None:
 @run_options
 def validate(run: Run) -> None:
     """Check the spec and data; print the samples table summary."""
-    from .report import data_summary
-    from .search import check_trainable, prepare_data
+    from .data.prepare import check_trainable, prepare_data
+    from .submit.report import data_summary
 
     data = prepare_data(run)
     check_trainable(run, data)
@@ -94,8 +94,8 @@ def search(run: Run, trials: int, timeout: float | None) -> None:
 @run_options
 def status(run: Run) -> None:
     """Leaderboard: trial, state, CV, fold scores, params, duration."""
-    from .report import leaderboard
     from .search import open_study
+    from .submit.report import leaderboard
 
     table = leaderboard(open_study(run, create=False))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
@@ -114,7 +114,7 @@ def submit(run: Run) -> None:
 @main.command("list")
 @click.argument("what", type=click.Choice(sorted(REGISTRIES)))
 def list_choices(what: str) -> None:
-    """List registered layouts, metrics, losses, augmentations, pruners, models."""
+    """List what a spec may name: tasks, layouts, metrics, losses, augmentations, pruners, models, formats."""
     module, attr = REGISTRIES[what].split(":")
     registry = getattr(__import__(module, fromlist=[attr]), attr)
     for name in registry.names():

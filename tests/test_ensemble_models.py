@@ -4,15 +4,15 @@ import pytest
 import timm
 import torch
 
-from harness.ensemble import TrialPredictions, build_ensemble
-from harness.losses import LOSSES
-from harness.metrics import METRICS, fit_threshold
-from harness.targets import Head, Targets
+from harness.submit.ensemble import TrialPredictions, build_ensemble
+from harness.tasks.losses import LOSSES
+from harness.tasks.metrics import METRICS, fit_threshold
+from harness.tasks import ClassificationTask, Head
 
 
 def one_head(metric, n_classes):
-    return Targets([Head("label", [str(c) for c in range(n_classes)], metric, 0)])
-from harness.models import timm_classifier
+    return ClassificationTask([Head("label", [str(c) for c in range(n_classes)], metric, 0)])
+from harness.training.models import timm_classifier
 
 
 def one_hot_noisy(y, right, n_classes, rng):

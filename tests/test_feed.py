@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.augment import AUGMENTS, batch_form, random_d4
-from harness.feed import augments_on_device
-from harness.spec import SpecError, load_competition
-from harness.sampling import IMBALANCE
-from harness.targets import Head, Targets
-from harness.train import TrialConfig, load_fold, train_batches
+from harness.training.augment import AUGMENTS, batch_form, random_d4
+from harness.training.feed import augments_on_device
+from harness import SpecError, load_competition
+from harness.training.sampling import IMBALANCE
+from harness.tasks import ClassificationTask, Head
+from harness.config.paths import FoldPaths
+from harness.training import TrialConfig, load_fold, trial_config
+from harness.training.fit import train_batches
 
 
 def d4_images(image: torch.Tensor):
@@ -119,19 +121,17 @@ def test_compiled_trial_saves_a_plain_model_and_its_folds_are_reused_without_com
     config = json.loads((run_dir / "trials" / "t0000" / "config.json").read_text())
     assert config["compile"] is True
     plain = TrialConfig(**{**config, "compile": False})
-    assert all(load_fold(run_dir / "trials" / "t0000" / f"fold{k}", plain.digest()) is not None for k in (0, 1))
-    assert load_fold(run_dir / "trials" / "t0000" / "fold0", TrialConfig(**{**config, "lr": 0.1}).digest()) is None
+    assert all(load_fold(FoldPaths(run_dir / "trials" / "t0000" / f"fold{k}"), plain.digest()) is not None for k in (0, 1))
+    assert load_fold(FoldPaths(run_dir / "trials" / "t0000" / "fold0"), TrialConfig(**{**config, "lr": 0.1}).digest()) is None
 
 
 def first_batches(images, num_workers, count=2):
     """The first training batches of a `medium`-augmented fold, as the workers path draws them."""
-    cfg = TrialConfig(backbone="resnet10t", image_size=16, augment="medium", loss=["ce"], imbalance="none",
-                      lr=1e-3, weight_decay=0.0, batch_size=4, epochs=1, patience=1, pretrained=False, tta=False,
-                      seed=0, channels=1, orientation="free", metric="accuracy", num_classes=2,
-                      num_workers=num_workers, augment_on="workers")
+    cfg = trial_config(image_size=16, augment="medium", weight_decay=0.0, batch_size=4, orientation="free",
+                       num_workers=num_workers, augment_on="workers")
     y = np.zeros((len(images), 1), dtype=np.int64)
     drawing = IMBALANCE.get("none")(y[:, 0], 2, 4, torch.Generator().manual_seed(0))
-    targets = Targets([Head("label", ["0", "1"], "accuracy", 0)])
+    targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
     batches = train_batches(cfg, targets, images, None, y, y[:, 0], np.arange(len(images)), drawing,
                             torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), 0)
     return [x for x, _ in itertools.islice(iter(batches), count)]

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from harness import SpecError, open_run
-from harness.folds import save_folds
-from harness.search import prepare_data
+from harness.data.folds import save_folds
+from harness.data import prepare_data
 
 
 def test_folds_are_deterministic_and_saved(class_folder_competition, tmp_path):

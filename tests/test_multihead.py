@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import TINY_SEARCH, write_spec
 from harness import SpecError, open_run
-from harness.search import prepare_data
+from harness.data import prepare_data
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30)}
 

@@ -1,5 +1,4 @@
 """End to end as a user runs it: search → status → submit, continuing, failures, changed inputs."""
-import importlib
 import json
 
 import numpy as np
@@ -8,10 +7,9 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from harness import open_run, search
-from harness.search import open_study
-
-search_module = importlib.import_module("harness.search")  # `harness.search` is the function
+import harness.search.objective as objective_module
+from harness import open_run, run_search
+from harness.search import PRUNERS, open_study
 
 
 def states(run_dir, name):
@@ -88,7 +86,7 @@ def test_submission_ids_must_match_the_sample(csv_competition, cli, tmp_path):
 
 
 def test_a_failing_trial_fails_alone_with_its_reason(class_folder_competition, tmp_path, monkeypatch, cli):
-    real_fit, calls = search_module.fit_fold, []
+    real_fit, calls = objective_module.fit_fold, []
 
     def fit_or_run_out_of_memory(*args, **kwargs):
         calls.append(1)
@@ -96,9 +94,9 @@ def test_a_failing_trial_fails_alone_with_its_reason(class_folder_competition, t
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "fit_fold", fit_or_run_out_of_memory)
+    monkeypatch.setattr(objective_module, "fit_fold", fit_or_run_out_of_memory)
     comp, run_dir = class_folder_competition(), tmp_path / "run"
-    study = search(open_run(comp, run_dir=str(run_dir)), trials=2, echo=lambda s: None)
+    study = run_search(open_run(comp, run_dir=str(run_dir)), trials=2, echo=lambda s: None)
     got = [t.state for t in study.trials]
     assert got == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
@@ -110,7 +108,7 @@ def test_search_stops_when_every_trial_fails(class_folder_competition, tmp_path,
     def always_nan(*args, **kwargs):
         raise FloatingPointError("loss is nan at epoch 1")
 
-    monkeypatch.setattr(search_module, "fit_fold", always_nan)
+    monkeypatch.setattr(objective_module, "fit_fold", always_nan)
     result = cli("search", class_folder_competition(), "--run-dir", tmp_path / "r", "--trials", "5", ok=False)
     assert "3 trials failed in a row, stopping; last: FloatingPointError: loss is nan" in result.output
 
@@ -195,7 +193,7 @@ def test_default_run_dir_remembers_too_and_a_stale_override_names_its_file(class
     assert "'search.loss': unknown value 'hinge'" in out and "options.json" in out
 
 
-@search_module.PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
+@PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
 def prune_after_first_fold():
     """Prunes every trial at its first report (every score is above -1)."""
     return optuna.pruners.ThresholdPruner(upper=-1.0)

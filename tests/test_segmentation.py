@@ -9,9 +9,9 @@ from PIL import Image
 
 from conftest import write_spec
 from harness import open_run
-from harness.search import prepare_data
-from harness.masks import rle_decode, rle_encode
-from harness.segmentation import dice, fit_pixel_threshold
+from harness.data import prepare_data
+from harness.data.masks import rle_decode, rle_encode
+from harness.tasks.pixels import dice, fit_pixel_threshold
 
 SEARCH = {"backbones": ["resnet10t"], "architectures": ["unet", "fpn"], "image_size": [32],
           "augment": ["light"], "loss": ["bce_dice", "dice"], "imbalance": ["none"], "lr": [3e-3],
@@ -143,8 +143,8 @@ def test_segmentation_spec_errors(volume, pairs, cli, tmp_path):
 def test_smp_models_pad_to_stride_and_normalise_like_their_encoder():
     import torch
 
-    from harness.models import normalisation
-    from harness.segmentation import smp_model
+    from harness.training.models import normalisation
+    from harness.training.models import smp_model
 
     model = smp_model("unet/resnet10t", 1, 1).eval()
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_segmentation_encoder_weights_from_a_local_file(tmp_path):
     import timm
     import torch
 
-    from harness.segmentation import smp_model
+    from harness.training.models import smp_model
 
     source = timm.create_model("resnet10t", pretrained=False)  # a classifier checkpoint, 3 channels
     torch.save(source.state_dict(), tmp_path / "encoder.pth")
@@ -172,7 +172,7 @@ def test_segmentation_encoder_weights_from_a_local_file(tmp_path):
 def test_no_network_for_hub_weights_says_what_to_do(monkeypatch):
     import segmentation_models_pytorch as smp
 
-    from harness.segmentation import smp_model
+    from harness.training.models import smp_model
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
@@ -187,7 +187,7 @@ def test_no_network_for_hub_weights_says_what_to_do(monkeypatch):
 def test_tiles_cover_the_image_and_blend_back_to_the_whole():
     import torch
 
-    from harness.segmentation import tiled_logits
+    from harness.tasks.segmentation import tiled_logits
 
     pointwise = torch.nn.Conv2d(1, 2, kernel_size=1)  # sees one pixel: tiling must not change it
     x = torch.randn(2, 1, 150, 203)
@@ -201,7 +201,7 @@ def test_tiles_cover_the_image_and_blend_back_to_the_whole():
 
 
 def test_images_larger_than_the_tile_are_predicted_in_tiles(volume, cli, tmp_path, monkeypatch):
-    import harness.segmentation as seg
+    import harness.tasks.segmentation as seg
 
     calls = []
     original = seg.tiled_logits
@@ -216,9 +216,9 @@ def test_images_larger_than_the_tile_are_predicted_in_tiles(volume, cli, tmp_pat
 
 
 def test_augmentation_moves_image_and_mask_together():
-    from harness.augment import AUGMENTS
-    from harness.segmentation import SegmentationTask
-    from harness.sampling import Drawing
+    from harness.training.augment import AUGMENTS
+    from harness.tasks.segmentation import SegmentationTask
+    from harness.training.sampling import Drawing
 
     rng = np.random.default_rng(3)
     images, labels = disks(2, rng, size=64)

@@ -1,7 +1,4 @@
-"""What the model predicts: one or more classification heads on one shared backbone.
-
-`Targets` is the classification task as the fold loop, search, ensemble and report see it
-(`segmentation.SegmentationTask` has the same methods for masks).
+"""Classification: one or more heads on one shared backbone (tasks binary, multiclass, multihead).
 
 Every head's probabilities sit side by side in one N × ΣC array (head h owns the columns
 `h.cols`, a softmax of their own). Storage, OOF assembly, fold averaging and ensembling
@@ -10,7 +7,9 @@ A single-target competition is one head.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,37 +17,25 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..errors import SpecError
+from .base import TASKS, Head, Thresholds, TaskType
+from .losses import LOSSES
 from .metrics import METRICS, fit_threshold, predict_labels, youden_cutoff
 
 if TYPE_CHECKING:
-    from .spec import Competition
+    import pandas as pd
+
+    from ..config.spec import Competition
 
 
 @dataclass
-class Head:
-    name: str
-    classes: List[str]
-    metric: str
-    offset: int  # first column of this head in the prediction array
-    loss_weight: float = 1.0
-    metric_weight: float = 1.0
+class ClassificationTask(TaskType):
+    """Class probabilities per head; the base of the three classification tasks."""
 
-    @property
-    def cols(self) -> slice:
-        return slice(self.offset, self.offset + len(self.classes))
-
-    @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
-
-
-Thresholds = Optional[Dict[str, float]]
-
-
-@dataclass
-class Targets:
     heads: List[Head]
 
+    metrics = METRICS
+    losses = LOSSES
     # batches may be gathered and augmented on the device (feed.py): labels are rows, not maps
     trains_on_whole_images = True
 
@@ -116,8 +103,7 @@ class Targets:
 
     def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str, batch_size: int) -> nn.Module:
         """Each head's loss, weighted by class when the imbalance handling says so (training labels only)."""
-        from .losses import LOSSES
-        from .sampling import IMBALANCE
+        from ..training.sampling import IMBALANCE
 
         losses = []
         for i, (head, name) in enumerate(zip(self.heads, loss_names)):
@@ -132,7 +118,7 @@ class Targets:
         With `aux_masks`, each image's mask is augmented with it and comes with its labels."""
         import albumentations as A
 
-        from .feed import ArrayDataset
+        from ..training.feed import ArrayDataset
 
         extra = A.D4(p=1.0) if drawing.d4_classes else None
         return ArrayDataset(images, train_idx, y, policy, keys=keys,
@@ -145,7 +131,7 @@ class Targets:
 
     def load_images(self, frame, size: int, channels: int, cache) -> np.ndarray:
         """The listed images decoded and resized to `size` × `size`: the model sees whole images."""
-        from .images import load_resized
+        from ..data.images import load_resized
 
         return load_resized(frame["path"].tolist(), size, channels, cache)
 
@@ -166,11 +152,117 @@ class Targets:
             lines.append(f"{head.name}: " + ", ".join(f"{c} {n}" for c, n in zip(head.classes, counts)))
         return lines
 
+    @classmethod
+    def build(cls, spec: "Competition", samples) -> Tuple["ClassificationTask", np.ndarray]:
+        """The spec's heads (metric and weights per head) over the classes found in the data."""
+        out, offset = [], 0
+        for name, classes in samples.heads.items():
+            head = spec.heads.get(name)
+            out.append(Head(name=name, classes=classes, metric=(head and head.metric) or spec.metric,
+                            offset=offset, loss_weight=head.loss_weight if head else 1.0,
+                            metric_weight=head.metric_weight if head else 1.0))
+            offset += len(classes)
+        return cls(out), samples.y
+
+    @classmethod
+    def label_classes(cls, train: "pd.DataFrame", spec: "Competition") -> Tuple[Dict[str, List[str]], np.ndarray]:
+        columns = {t: f"label.{t}" for t in spec.train.targets} or {spec.train.target or "label": "label"}
+        heads = {name: cls.ordered_classes(train[col], spec) for name, col in columns.items()}
+        y = np.stack([train[col].map({c: i for i, c in enumerate(heads[name])}).to_numpy(int)
+                      for name, col in columns.items()], axis=1)
+        return heads, y
+
+    @classmethod
+    def ordered_classes(cls, labels: "pd.Series", spec: "Competition") -> List[str]:
+        """The classes of one head in output order (natural sort: 'class 2' before 'class 10')."""
+        classes = sorted(labels.unique(), key=_natural_key)
+        if len(classes) < 2:
+            raise SpecError(f"task {spec.task} needs at least 2 classes, found {classes}: check the "
+                            "target column or class folders")
+        return classes
+
+    @classmethod
+    def check_spec(cls, spec: "Competition", path: Path) -> None:
+        super().check_spec(spec, path)
+        if spec.fold_by != "stratified":
+            raise SpecError(f"{path}: 'fold_by': {spec.fold_by} is for task segmentation")
+        cls.check_targets(spec, path)
+
+    @classmethod
+    def check_targets(cls, spec: "Competition", path: Path) -> None:
+        """One target column (or class folders): the keys of several heads are refused."""
+        if spec.train.targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
+            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
+
+
+@TASKS.register("multiclass")
+class MulticlassTask(ClassificationTask):
+    """One label per image among two or more classes."""
+
+
+@TASKS.register("binary")
+class BinaryTask(ClassificationTask):
+    """Two classes, the positive one last; a cut-off is fitted on OOF."""
+
+    writes_probability = True
+
+    @classmethod
+    def ordered_classes(cls, labels: "pd.Series", spec: "Competition") -> List[str]:
+        classes = sorted(labels.unique(), key=_natural_key)
+        if len(classes) != 2:
+            raise SpecError(f"task binary needs 2 classes, found {len(classes)}: {classes}: use task "
+                            "multiclass")
+        positive = spec.positive if spec.positive is not None else classes[-1]
+        if positive not in classes:
+            raise SpecError(f"'positive': {positive!r} is not a class (classes: {', '.join(classes)}): name one "
+                            "of them")
+        return [c for c in classes if c != positive] + [positive]
+
+
+@TASKS.register("multihead")
+class MultiheadTask(ClassificationTask):
+    """Several targets (csv columns), a head each, on one backbone; scored by the heads' mean."""
+
+    @classmethod
+    def ordered_classes(cls, labels: "pd.Series", spec: "Competition") -> List[str]:
+        classes = sorted(labels.unique(), key=_natural_key)
+        if len(classes) < 2:
+            raise SpecError(f"target {labels.name[6:]!r} has a single class {classes}: nothing to learn; "
+                            "drop it from train.targets")
+        return classes
+
+    @classmethod
+    def check_targets(cls, spec: "Competition", path: Path) -> None:
+        targets = spec.train.targets
+        if spec.train.layout != "csv" or len(targets) < 2 or spec.train.target:
+            raise SpecError(f"{path}: task multihead needs train.layout csv with 'train.targets' "
+                            "(two or more columns) instead of 'train.target'")
+        for name in spec.heads:
+            if name not in targets:
+                raise SpecError(f"{path}: 'heads.{name}': not one of train.targets ({', '.join(targets)})")
+        directions = {METRICS.get(spec.heads[t].metric if t in spec.heads and spec.heads[t].metric
+                                  else spec.metric).direction for t in targets}
+        if len(directions) > 1:
+            raise SpecError(f"{path}: 'heads': the heads' metrics must all be maximised or all minimised")
+        if spec.submission.columns and len(spec.submission.columns) != len(targets):
+            raise SpecError(f"{path}: 'submission.columns': {len(spec.submission.columns)} names for "
+                            f"{len(targets)} heads")
+
+    @classmethod
+    def submission_columns(cls, spec: "Competition") -> List[str]:
+        sub = spec.submission
+        return [sub.id_column, *(sub.columns or spec.train.targets)] + \
+            ([sub.combined_column] if sub.combined_column else [])
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
 
 class MultiHeadLoss(nn.Module):
     """Each head's own loss on its columns, summed with the heads' loss weights."""
 
-    def __init__(self, targets: Targets, losses: List[nn.Module]) -> None:
+    def __init__(self, targets: ClassificationTask, losses: List[nn.Module]) -> None:
         super().__init__()
         self.targets = targets
         self.losses = nn.ModuleList(losses)
@@ -178,16 +270,3 @@ class MultiHeadLoss(nn.Module):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
                    for i, (h, loss) in enumerate(zip(self.targets.heads, self.losses)))
-
-
-def targets_for(spec: "Competition", heads: Dict[str, List[str]]) -> Targets:
-    """The spec's heads (metric and weights per head) over the classes found in the data."""
-    from .spec import HeadSpec
-
-    out, offset = [], 0
-    for name, classes in heads.items():
-        head = spec.heads.get(name, HeadSpec())
-        out.append(Head(name=name, classes=classes, metric=head.metric or spec.metric, offset=offset,
-                        loss_weight=head.loss_weight, metric_weight=head.metric_weight))
-        offset += len(classes)
-    return Targets(out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -22,7 +21,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from PIL import Image, ImageOps
 
-from .spec import SpecError
+from ..errors import SpecError
 
 
 def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
@@ -56,7 +55,6 @@ def read_resized(path: str, size: int, channels: int) -> np.ndarray:
 
 
 CACHE_VERSION = 1  # bump when decoding changes
-_UNKEYED_ENTRY = re.compile(r"\d+x\d+x\d+x\d+-[0-9a-f]{20}\.npy")
 
 
 def load_resized(paths: Sequence[str], size: int, channels: int,
@@ -117,9 +115,6 @@ def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) ->
             tmp.unlink(missing_ok=True)  # ours: left only when a file failed to decode
         for stale in folder.glob(f"{prefix}*.npy"):  # the same listing before a file changed
             if stale != path and ".tmp" not in stale.name:
-                stale.unlink(missing_ok=True)
-        for stale in folder.iterdir():  # entries named before listings had their own prefix: never read
-            if _UNKEYED_ENTRY.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 

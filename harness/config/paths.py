@@ -22,8 +22,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .errors import SpecError
+from ..errors import SpecError
 from .spec import Competition, load_competition, read_raw
+
+
+@dataclass
+class FoldPaths:
+    """One fold of one trial: `done.json` is written last, so its presence means the fold is finished."""
+
+    root: Path
+
+    @property
+    def done(self) -> Path:
+        return self.root / "done.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.root / "oof.npy"
+
+    @property
+    def val_index(self) -> Path:
+        return self.root / "val_index.npy"
+
+    @property
+    def test(self) -> Path:
+        return self.root / "test.npy"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
 
 
 @dataclass
@@ -67,8 +98,14 @@ class RunPaths:
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"t{number:04d}"
 
-    def fold_dir(self, number: int, fold: int) -> Path:
-        return self.trial_dir(number) / f"fold{fold}"
+    def trial_config(self, number: int) -> Path:
+        return self.trial_dir(number) / "config.json"
+
+    def trial_error(self, number: int) -> Path:
+        return self.trial_dir(number) / "error.txt"
+
+    def fold(self, number: int, fold: int) -> FoldPaths:
+        return FoldPaths(self.trial_dir(number) / f"fold{fold}")
 
     def submission(self, file_name: str) -> Path:
         return self.root / file_name

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler, WeightedRandomSampler
 
-from .registry import Registry
+from ..registry import Registry
 
 IMBALANCE = Registry("imbalance handling")
 

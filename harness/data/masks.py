@@ -1,8 +1,7 @@
-"""Masks and images on disk for segmentation: TIFF pages and image files in, masks out.
+"""Masks and images on disk for segmentation: TIFF pages and image files, at their own size.
 
-Reads images at their own size and label masks (binary, `positive_value` picks the class);
-writes the predicted masks as the competition asks: a TIFF volume, a folder of PNGs or
-Kaggle's run-length encoded CSV.
+Reads images and label masks (binary, `positive_value` picks the class) and checks that each
+mask has its image's size; `submit/formats.py` writes predicted masks (with `rle_encode`).
 """
 from __future__ import annotations
 
@@ -11,8 +10,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import SpecError
 from .images import probe_images, read_image, to_uint8
-from .spec import SpecError
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -53,7 +52,7 @@ def check_mask_sizes(frame, masks: np.ndarray) -> None:
     files = [p for p, page in zip(frame["path"], pages) if _is_file(page)]
     sizes = iter(probe_images(files)[["height", "width"]].to_numpy()) if files else iter(())
     for path, page, mask, listed in zip(frame["path"], pages, frame["mask_path"], frame["listed"]):
-        h, w = next(sizes) if _is_file(page) else _volume(path).shape[1:3]
+        h, w = next(sizes) if _is_file(page) else read_volume(path).shape[1:3]
         if (h, w) != (mh, mw):
             raise SpecError(f"{mask}: the mask of image {listed!r} is {mw}x{mh}, the image is {w}x{h}: "
                             "save each mask at its image's size")
@@ -66,7 +65,7 @@ def _is_file(page) -> bool:
 def _page_or_file(path: str, page, channels: int) -> np.ndarray:
     if _is_file(page):
         return read_image(path, channels)
-    img = _volume(path)[int(page)]
+    img = read_volume(path)[int(page)]
     img = img[:, :, None] if img.ndim == 2 else img
     if img.shape[2] != channels:
         img = img.mean(2, keepdims=True).astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
@@ -74,7 +73,7 @@ def _page_or_file(path: str, page, channels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _volume(path: str) -> np.ndarray:
+def read_volume(path: str) -> np.ndarray:
     import tifffile
 
     volume = tifffile.imread(path)
@@ -89,30 +88,3 @@ def _same_size(arrays: List[np.ndarray], names) -> np.ndarray:
             raise SpecError(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
                         f"{shape[1]}x{shape[0]}: segmentation needs one image size; resize them")
     return np.stack(arrays)
-
-
-def write_submission(spec, test, masks: np.ndarray, out) -> str:
-    """Write predicted masks in the declared format; returns what was written, for the user."""
-    import pandas as pd
-    import tifffile
-    from PIL import Image
-
-    sub = spec.submission
-    positive = 255 if spec.positive_value is None else spec.positive_value
-    negative = spec.negative_value if spec.negative_value is not None else (255 if positive == 0 else 0)
-    pixels = np.where(masks > 0, positive, negative).astype(np.uint8)
-    if sub.format == "tiff":
-        volume = _volume(test["path"].iloc[0]) if "page" in test and test["page"].notna().all() else None
-        if volume is not None and volume.shape[:3] != pixels.shape:
-            raise SpecError(f"submission: masks of shape {pixels.shape}, the test volume is {volume.shape[:3]}")
-        tifffile.imwrite(out, pixels, photometric="minisblack")  # one page per slice, however few
-        return f"{out} ({pixels.shape[0]} pages of {pixels.shape[2]}x{pixels.shape[1]}, values {negative}/{positive})"
-    if sub.format == "png_folder":
-        out.mkdir(parents=True, exist_ok=True)
-        for name, mask in zip(test["id"], pixels):
-            Image.fromarray(mask).save(out / f"{name}.png")
-        return f"{out}/ ({len(pixels)} PNG masks, values {negative}/{positive})"
-    frame = pd.DataFrame({sub.id_column: test["id"].to_numpy(),
-                          sub.target_column: [rle_encode(m) for m in masks]})
-    frame.to_csv(out, index=False)
-    return f"{out} ({len(frame)} rows of run-length encoded masks)"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from .layouts import Samples
-from .spec import SpecError
+from ..errors import SpecError
+from .samples import Samples
 
 
 def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified") -> np.ndarray:

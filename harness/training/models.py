@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from functools import lru_cache
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .registry import Registry
+from ..errors import SpecError
+from ..registry import Registry
 
 MODEL_FAMILIES = Registry("model family")
 
@@ -104,3 +107,66 @@ def normalisation(model: nn.Module, channels: int) -> Tuple[torch.Tensor, torch.
     if channels == 1:
         mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
     return mean.view(-1, 1, 1), std.view(-1, 1, 1)
+
+
+class PadToMultiple(nn.Module):
+    """Pads the input to a multiple of the encoder's stride and crops the output back."""
+
+    def __init__(self, model: nn.Module, multiple: int = 32) -> None:
+        super().__init__()
+        self.model, self.multiple = model, multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        return self.model(x)[..., :h, :w]
+
+
+@MODEL_FAMILIES.register("smp")
+def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> nn.Module:
+    """segmentation_models_pytorch architecture on a timm encoder; `name` is 'arch/encoder'."""
+    import segmentation_models_pytorch as smp
+
+    arch, encoder = name.split("/", 1)
+    with loading_weights(encoder, pretrained):  # a weights file: a timm checkpoint of the encoder
+        net = smp.create_model(arch, encoder_name=f"tu-{encoder}", in_channels=in_chans, classes=num_classes,
+                               encoder_weights=True if uses_pretrained(pretrained) else None,
+                               **weights_file_overlay(pretrained))
+    model = PadToMultiple(net)
+    # the timm encoder's mean/std, so inputs are normalised as the pretrained encoder expects
+    model.pretrained_cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", {})
+    return model
+
+
+def architectures() -> List[str]:
+    import segmentation_models_pytorch as smp
+
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+@lru_cache(maxsize=32)
+def buildable(archs: Tuple[str, ...], encoders: Tuple[str, ...], channels: int) -> List[str]:
+    """The 'arch/encoder' combinations that build and run; the search offers only these."""
+    out = []
+    for arch in archs:
+        for encoder in encoders:
+            try:
+                model = smp_model(f"{arch}/{encoder}", 1, channels).eval()
+                with torch.no_grad():
+                    model(torch.zeros(1, channels, 64, 64))
+                out.append(f"{arch}/{encoder}")
+            except Exception:  # noqa: BLE001 - any failure means: not offered
+                continue
+    return out
+
+
+def buildable_models(search, channels: int) -> List[str]:
+    """The search space's 'arch/encoder' pairs that build; none is a spec error (a ViT has no
+    feature pyramid), raised by `validate` and before any trial."""
+    models = buildable(tuple(search.architectures), tuple(search.backbones), channels)
+    if not models:
+        raise SpecError(f"'search.architectures' × 'search.backbones': no combination builds with "
+                        f"{channels} channel(s) ({', '.join(search.architectures)} × {', '.join(search.backbones)})")
+    return models

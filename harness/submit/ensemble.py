@@ -12,8 +12,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from .metrics import is_better
-from .targets import Targets
+from ..tasks.base import Task
+from ..tasks.metrics import is_better
 
 
 @dataclass
@@ -39,14 +39,14 @@ class Ensemble:
         return sum(w * by_trial[n] for n, w in self.weights.items())
 
 
-def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Targets,
+def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, task: Task,
                    max_rounds: int = 25) -> Ensemble:
     """Greedy selection on the post-processed OOF score, so thresholds count and the ensemble
     is never worse than the best single trial it starts from."""
-    direction = targets.direction
+    direction = task.direction
 
     def score(oof: np.ndarray) -> float:
-        return targets.score(y, oof, targets.fit_cutoffs(y, oof, youden=False)[0])
+        return task.score(y, oof, task.fit_cutoffs(y, oof, youden=False)[0])
 
     singles = [(score(p.oof), p) for p in preds]
     single_score, single = max(singles, key=lambda sp: sp[0] if direction == "maximize" else -sp[0])
@@ -69,8 +69,8 @@ def build_ensemble(preds: List[TrialPredictions], y: np.ndarray, targets: Target
         history.append(best)
     size = sum(counts.values())
     oof = (total / size).astype(np.float32)
-    thresholds, rules = targets.fit_cutoffs(y, oof)
+    thresholds, rules = task.fit_cutoffs(y, oof)
     return Ensemble(weights={n: c / size for n, c in counts.items()}, oof=oof,
-                    score=targets.score(y, oof, thresholds), best_single=single.number,
+                    score=task.score(y, oof, thresholds), best_single=single.number,
                     best_single_score=single_score, thresholds=thresholds, threshold_rules=rules,
                     history=history)

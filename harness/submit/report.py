@@ -10,10 +10,10 @@ import pandas as pd
 from sklearn import metrics as skm
 from optuna.trial import TrialState
 
+from ..config.paths import RunPaths
+from ..data.images import probe_images
+from ..data.prepare import SearchData
 from .ensemble import Ensemble
-from .images import probe_images
-from .paths import RunPaths
-from .search import SearchData
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def data_summary(data: SearchData) -> str:
     train_probe = probe_images(s.train["path"].unique().tolist())
     test_probe = probe_images(s.test["path"].unique().tolist())
     lines = [f"data root: {s.data_root}"]
-    lines += data.targets.summary_lines(s, data.y)
+    lines += data.task.summary_lines(s, data.y)
     if "aux_mask" in s.train:
         has = s.train["aux_mask"] != ""
         by_class = s.train.loc[has, "label"].value_counts()
@@ -75,9 +75,8 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
 
     Writes confusion_matrix*.csv (and roc*.png); returns the figures by head.
     """
-    targets = data.targets
-    labels = targets.labels(ens.oof, ens.thresholds)
-    arrays = targets.report_arrays(data.y, ens.oof, labels)
+    labels = data.task.labels(ens.oof, ens.thresholds)
+    arrays = data.task.report_arrays(data.y, ens.oof, labels)
     out = {}
     for head, truth, predicted, scores in arrays:
         tag = None if len(arrays) == 1 else head.name

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import numpy as np
 from sklearn import metrics as skm
 
-from .registry import Registry
+from ..registry import Registry
 
 METRICS = Registry("metric")
 

@@ -17,7 +17,7 @@ import albumentations as A
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from ..registry import Registry
 
 AUGMENTS = Registry("augmentation policy")
 

@@ -1,0 +1,5 @@
+"""The competition spec and the run directory: what to do, and where everything lives."""
+from .paths import Run, RunPaths, open_run
+from .spec import Competition, load_competition
+
+__all__ = ["Competition", "Run", "RunPaths", "load_competition", "open_run"]

@@ -1,0 +1,162 @@
+"""The rules of competition.yaml: types, registered names and rules that span several keys.
+
+Each dataclass field of `spec.py` is converted by its type hint; a field whose metadata names a
+registry (`"harness.data.layouts:LAYOUTS"`) accepts only that registry's names. Rules that belong
+to one task (its metrics, losses, heads, submission formats) are the task's `check_spec`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Union
+
+from ..errors import SpecError
+
+if TYPE_CHECKING:
+    from .spec import Competition
+
+
+def build(cls: type, raw: Any, where: str) -> Any:
+    """`cls` (a spec dataclass) from its YAML mapping; every key checked, one line per mistake."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where or 'spec'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise SpecError(
+            f"unknown key '{_join(where, unknown[0])}' (allowed: {', '.join(fields)})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(f"missing key '{key}': add it to competition.yaml")
+            continue
+        kwargs[name] = _convert(hints[name], raw[name], key, f.metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str, choices: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, key, choices)
+            except SpecError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin in (list, List):
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise SpecError(f"'{key}': needs at least one value")
+        return [_convert(args[0], v, key, choices) for v in items]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise SpecError(f"'{key}': expected a mapping, got {value!r}")
+        if dataclasses.is_dataclass(args[1]):
+            return {str(k): build(args[1], v or {}, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): v for k, v in value.items()}
+    out = _scalar(hint, value, key)
+    _check_choice(out, key, choices)
+    return out
+
+
+def _scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif hint is Path:
+        return Path(value)
+    raise SpecError(f"'{key}': expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check_choice(value: Any, key: str, choices: Any) -> None:
+    if choices is None or value is None:
+        return
+    if hasattr(choices, "names"):
+        choices = choices.names()
+    if isinstance(choices, str):
+        module, attr = choices.split(":")
+        choices = getattr(__import__(module, fromlist=[attr]), attr).names()
+    if value not in choices:
+        raise SpecError(f"'{key}': unknown value {value!r} (allowed: {', '.join(map(str, choices))})")
+
+
+def check_consistency(spec: "Competition", path: Path) -> None:
+    """Rules that span several keys; then the task's own."""
+    s = spec.search
+    if spec.folds < 2:
+        raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}: set folds: 5")
+    if spec.tile_size < 32:
+        raise SpecError(f"{path}: 'tile_size': needs at least 32, got {spec.tile_size}")
+    for key in ("lr", "weight_decay"):
+        values = getattr(s, key)
+        if len(values) > 2 or min(values) <= 0:
+            raise SpecError(f"{path}: 'search.{key}': expected [low, high] > 0, got {values}")
+    for key in ("image_size", "batch_size", "epochs"):
+        if min(getattr(s, key)) < 1:
+            raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
+    if s.patience < 1:
+        raise SpecError(f"{path}: 'search.patience': needs at least 1, got {s.patience}: count it in epochs, "
+                        "e.g. 4")
+    if min(s.aux_weight) < 0:
+        raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
+    if spec.test.target is not None or spec.test.targets:
+        raise SpecError(f"{path}: 'test.target': the test set has no target")
+    spec.task_type.check_spec(spec, path)
+    _check_augment_on(spec, path)
+    _check_backbones(s.backbones, path)
+
+
+def _check_augment_on(spec: "Competition", path: Path) -> None:
+    from ..training.augment import batch_form
+
+    if spec.search.augment_on != "device":
+        return
+    if spec.uses_aux_masks:
+        raise SpecError(f"{path}: 'search.augment_on': device cannot augment train.masks with the images; "
+                        "auxiliary-mask trials augment in workers (use auto or workers, or search.aux_weight [0])")
+    if not spec.task_type.trains_on_whole_images:
+        raise SpecError(f"{path}: 'search.augment_on': device is for whole-image tasks; task {spec.task} "
+                        "augments image and mask in workers (use auto or workers)")
+    for policy in spec.search.augment:
+        if batch_form(policy) is None:
+            raise SpecError(f"{path}: 'search.augment_on': policy {policy!r} has no device form "
+                            "(use auto or workers)")
+
+
+def _check_backbones(names: List[str], path: Path) -> None:
+    import timm
+
+    for name in names:
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            hint = f" (did you mean: {', '.join(close)})" if close else ""
+            raise SpecError(f"{path}: 'search.backbones': unknown timm model {name!r}{hint}")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

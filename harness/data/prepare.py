@@ -1,0 +1,69 @@
+"""What every trial of a study shares, prepared once: samples, task, labels, channels and folds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import numpy as np
+
+from ..errors import SpecError
+from .folds import folds_hash, listing_hash, load_or_make_folds
+from .images import infer_channels, load_resized_masks, probe_images
+from .samples import Samples, load_samples
+
+if TYPE_CHECKING:
+    from ..config.paths import Run
+    from ..tasks.base import Task
+
+
+@dataclass
+class SearchData:
+    """What every trial shares: the samples, the task, their channels and the fixed folds."""
+
+    samples: Samples
+    task: "Task"
+    channels: int
+    fold: np.ndarray
+    folds_hash: str
+    y: np.ndarray  # N × H class indices, or N × H × W masks
+
+    def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Train and test images as the task's model takes them (see `Task.load_images`)."""
+        return tuple(self.task.load_images(frame, size, self.channels, cache)
+                     for frame in (self.samples.train, self.samples.test))
+
+    def aux_masks(self, size: int, cache: Optional[Path] = None) -> Optional[np.ndarray]:
+        """The training images' auxiliary masks at `size` (N × size × size, 0/1), or None without train.masks."""
+        if "aux_mask" not in self.samples.train:
+            return None
+        return load_resized_masks(self.samples.train["aux_mask"].tolist(), size, cache)
+
+    @property
+    def test_hash(self) -> str:
+        return listing_hash(self.samples.test["path"])
+
+
+def prepare_data(run: "Run") -> SearchData:
+    """Load and check the data and folds; raises SpecError before anything is trained."""
+    samples = load_samples(run.spec, run.data_root)
+    channels = run.spec.channels or infer_channels(
+        probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
+    )
+    table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
+                               run.spec.fold_by)
+    task, y = run.spec.task_type.build(run.spec, samples)
+    return SearchData(samples=samples, task=task, channels=channels, fold=table["fold"].to_numpy(),
+                      folds_hash=folds_hash(table), y=y)
+
+
+def check_trainable(run: "Run", data: SearchData) -> None:
+    """What only training needs, checked before any trial: the weights file `pretrained` names
+    exists, and the task's models build (a ViT has no feature pyramid for a decoder)."""
+    from ..training.models import weights_file
+
+    try:
+        weights_file(run.spec.search.pretrained)
+    except FileNotFoundError as err:
+        raise SpecError(f"'search.pretrained': {err}: give an existing file, or true / false") from None
+    data.task.check_buildable(run.spec.search, data.channels)

@@ -1,0 +1,105 @@
+"""The search loop: run trials until the study holds `--trials` finished ones, or time runs out."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config.paths import Run
+from ..data.folds import save_folds
+from ..data.prepare import check_trainable, prepare_data
+from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
+from .objective import Objective
+from .study import FINISHED, check_fingerprint, count_finished, open_study, retry_interrupted
+
+MAX_FAILURES_IN_A_ROW = 3
+
+
+class _NoFailedTrialWarnings(logging.Filter):
+    """Optuna warns of each failed trial with its traceback; `echo` already says it in one line, and
+    the traceback is kept in the trial's error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
+
+
+def run_search(run: Run, trials: int, timeout: Optional[float] = None,
+               echo: Callable[[str], None] = print) -> optuna.Study:
+    """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
+    data = prepare_data(run)
+    check_trainable(run, data)
+    ensure_writable(run.paths.root)
+    # Decode every image once now: a bad file is reported before any training starts.
+    data.images(min(run.spec.search.image_size), run.paths.cache_dir)
+    study = open_study(run, create=True)
+    check_fingerprint(study, run, data)
+    save_folds(run.paths.folds_csv, data.samples, data.fold)
+    run.remember_overrides()
+    for number in retry_interrupted(study):
+        echo(f"trial {number} was interrupted: it runs again with the same parameters")
+    objective = Objective(run, data, echo)
+    streak = _FailureStreak(echo)
+    deadline = time.time() + timeout if timeout else None
+    while (remaining := trials - count_finished(study)) > 0 and not streak.tripped:
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left <= 0:
+            echo(f"timeout: {count_finished(study)} of {trials} trials finished")
+            break
+        try:
+            study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
+                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), streak],
+                           gc_after_trial=True)
+        except Exception as err:
+            if objective.fault is None and not is_machine_fault(err):
+                raise
+            raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
+        if objective.fault is not None:
+            raise SearchStopped(objective.fault)
+    if streak.tripped:
+        raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
+    return study
+
+
+def ensure_writable(folder: Path) -> None:
+    """The run dir can be written (a probe file, made and removed), or one line says so."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise SpecError(f"run dir {folder}: cannot be written ({err.strerror or err}): choose another "
+                        "--run-dir, or make it writable") from None
+
+
+class _FailureStreak:
+    """Stops the study after a run of failed trials: the fault is then not the trial's."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.count, self.reason, self.echo = 0, "", echo
+
+    @property
+    def tripped(self) -> bool:
+        return self.count >= MAX_FAILURES_IN_A_ROW
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("interrupted"):
+            return  # stopped by a fault of the machine, said once by the search; it runs again
+        if trial.state == TrialState.FAIL:
+            self.count += 1
+            self.reason = trial.user_attrs.get("fail_reason", "unknown")
+            self.echo(f"trial {trial.number} failed: {self.reason}")
+            if self.tripped:
+                study.stop()
+        else:
+            self.count = 0
+            value = "" if trial.state == TrialState.PRUNED else f": CV {trial.value:.4f}"
+            self.echo(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")

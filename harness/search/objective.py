@@ -1,0 +1,137 @@
+"""One trial: every fold fitted (or read back from the fold store), reported for pruning, scored on OOF.
+
+A trial that raises (NaN loss, out of memory, a diverged model) fails alone, with the reason
+stored on the trial in `fail_reason` and its traceback in the trial's error.txt; the search goes
+on. A fault of the machine (a full disk, a failing storage) stops the search instead: the trial
+is marked interrupted and runs again, its finished folds reused, when the search is run again.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict
+from typing import Callable, List, Optional
+
+import numpy as np
+import optuna
+
+from ..config.paths import Run, atomic_write_text
+from ..data.prepare import SearchData
+from ..errors import fault_line, is_machine_fault
+from ..training.config import TrialConfig
+from ..training.device import device
+from ..training.fit import fit_fold
+from ..training.store import FoldResult, artifact_owner, assemble_oof, load_fold
+from .pruners import FOLD_STEP, PRUNERS
+from .space import suggest_config
+
+
+class Objective:
+    """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
+
+    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
+        self.run, self.data, self.echo = run, data, echo
+        self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
+        self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        start = time.time()
+        owner = trial.number  # until the storage says whose folds a retry reuses
+        try:
+            cfg = suggest_config(trial, self.run, self.data)
+            owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
+            trial.set_user_attr("artifacts", owner)
+            atomic_write_text(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
+            results = self._fit_folds(trial, cfg, owner)
+            oof = assemble_oof(results, len(self.data.fold))
+            cv = self.data.task.score(self.data.y, oof)
+            if len(self.data.task.heads) > 1:
+                trial.set_user_attr("head_scores", self.data.task.head_scores(self.data.y, oof))
+            trial.set_user_attr("seconds", round(time.time() - start, 1))
+            return cv
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: Ctrl-C")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as err:
+            if is_machine_fault(err):  # not the trial's fault: stop, and run it again next time
+                self.fault = fault_line(err, self.run.storage_url, str(self.run.paths.trial_dir(owner)))
+                _quietly(trial.set_user_attr, "fail_reason", f"interrupted: {self.fault}")
+                _quietly(trial.set_user_attr, "interrupted", True)
+                trial.study.stop()
+                raise
+            reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
+            error_file = self.run.paths.trial_error(owner)
+            try:
+                atomic_write_text(error_file, traceback.format_exc())
+                reason += f" (traceback: {error_file})"
+            except OSError:  # a full disk, say: the reason still reaches the study
+                pass
+            trial.set_user_attr("fail_reason", reason)
+            raise
+        finally:
+            _release_memory()
+
+    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
+        fold = self.data.fold
+        images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
+        aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
+        results: List[FoldResult] = []
+        for k in range(self.run.spec.folds):
+            out = self.run.paths.fold(owner, k)
+            result = load_fold(out, cfg.digest())
+            if result is None:
+                on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
+                result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
+                                  np.flatnonzero(fold == k), test_images, k, out, on_epoch,
+                                  record={"test_hash": self.data.test_hash}, aux_masks=aux_masks)
+            results.append(result)
+            self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
+                      f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
+                                               f" (best epoch {result.best_epoch}, {result.seconds:.0f} s)"))
+            trial.set_user_attr("fold_scores", [r.score for r in results])
+            trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
+            self._report_fold(trial, results)
+        return results
+
+    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, float], None]:
+        def report(epoch: int, score: float) -> None:
+            if np.isnan(score):
+                return
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} of fold 0")
+        return report
+
+    def _report_fold(self, trial: optuna.Trial, results: List[FoldResult]) -> None:
+        scores = [r.score for r in results]
+        if self.per_epoch:
+            trial.report(float(np.nanmean(scores)), FOLD_STEP + len(results) - 1)
+        else:
+            trial.report(scores[-1], len(results) - 1)
+        if len(results) < self.run.spec.folds and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {len(results) - 1}")
+
+
+def _quietly(call: Callable, *args) -> None:
+    """Record what can be recorded: the storage may be what failed."""
+    try:
+        call(*args)
+    except Exception:  # noqa: BLE001 - the fault is reported by the caller
+        pass
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if device().type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

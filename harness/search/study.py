@@ -1,0 +1,148 @@
+"""The Optuna study: its storage, creation, fingerprint and the resume of interrupted trials.
+
+Resume rules
+- `--trials N` counts COMPLETE and PRUNED trials in the study, so running again continues it.
+- A RUNNING trial whose process on this host is gone (kill -9, power cut) is marked FAIL with
+  the reason and enqueued again with the same parameters; the retry writes into the same trial
+  directory, so its finished folds are read back from disk, not retrained. Trials left behind
+  by other machines (shared PostgreSQL storage) are retried the same way by Optuna's heartbeat.
+- A study keeps one search space, data and fold split (its fingerprint); a change needs a new
+  run directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..config.paths import Run
+from ..config.spec import to_dict
+from ..data.prepare import SearchData
+from ..errors import SpecError, storage_error_line
+from ..training.config import HOW_FIELDS
+from ..training.store import artifact_owner
+from .pruners import PRUNERS
+
+# Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by `echo`, one line each
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_study(run: Run, create: bool) -> optuna.Study:
+    missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
+    db_file = _sqlite_file(run.storage_url)
+    if not create and db_file is not None and not db_file.is_file():
+        raise missing  # opening it would create an empty database
+    if create:
+        run.paths.root.mkdir(parents=True, exist_ok=True)
+    storage = connect(run.storage_url)
+    direction = run.spec.metrics.get(run.spec.metric).direction
+    if not create:
+        try:
+            study = optuna.load_study(study_name=run.study_name, storage=storage)
+        except KeyError:
+            raise missing from None
+        if run.paths.root.is_dir():
+            run.remember_storage()
+        return study
+    run.remember_storage()
+    study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
+                                direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)())
+    # The same seed in every process would draw a resumed study's first parameters again; offset
+    # by the trials the study holds, a fresh study and each resume are still repeatable.
+    study.sampler = optuna.samplers.TPESampler(seed=run.spec.seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=5)
+    return study
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def retry_interrupted(study: optuna.Study) -> List[int]:
+    """Enqueue again, with the same parameters, trials cut short by Ctrl-C or by a process that died.
+
+    A Ctrl-C'd trial is already FAIL (Optuna records it so) and marked `interrupted`; a killed one
+    is still RUNNING with the pid of a process on this host that is gone, and is failed here.
+    """
+    host, numbers = socket.gethostname(), []
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_source") for t in trials}
+    for t in trials:
+        if t.number in retried or t.state not in (TrialState.RUNNING, TrialState.FAIL):
+            continue
+        if t.state == TrialState.RUNNING:
+            pid = t.user_attrs.get("pid")
+            if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
+                continue  # alive, or another machine's: Optuna's heartbeat retries those
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
+            study.tell(t.number, state=TrialState.FAIL)
+        elif not t.user_attrs.get("interrupted"):
+            continue  # a real failure: retrying would fail again
+        study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t), "retry_source": t.number})
+        numbers.append(t.number)
+    return numbers
+
+
+def _fingerprint(run: Run, data: SearchData) -> dict:
+    spec = to_dict(run.spec)
+    keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
+            "heads", "search")
+    spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS}
+    return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
+
+
+def check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:
+    """A study keeps one search space, data and fold split; a change needs a new run directory."""
+    now = json.loads(json.dumps(_fingerprint(run, data), default=str))
+    before = study.user_attrs.get("fingerprint")
+    if before is None:
+        study.set_user_attr("fingerprint", now)
+        return
+    for key in now:
+        if key == "search":
+            changed = [k for k in now[key] if before[key].get(k) != now[key][k]]
+            if changed:
+                k = changed[0]
+                raise SpecError(f"search.{k} is {now[key][k]} but this study was started with "
+                                f"{before[key].get(k)}: use another --run-dir (or the same --set)")
+        elif before.get(key) != now[key]:
+            raise SpecError(f"{key} is {now[key]} but this study was started with {before.get(key)}: "
+                            "use another --run-dir")
+
+
+def _sqlite_file(url: str) -> Optional[Path]:
+    """The database file of an SQLite URL (sqlite:///relative or sqlite:////absolute), else None."""
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def connect(url: str) -> RDBStorage:
+    """The study storage at `url`, connected (its schema made if new); a URL that cannot be opened
+    is one line saying why (no driver, not a URL, no server), before anything is remembered."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=300,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except Exception as err:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
+        raise SpecError(storage_error_line(url, err)) from None
+
+
+def _process_alive(pid: Optional[int]) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,88 @@
+"""The fold store: each fold's OOF and test predictions, model and history on disk, and their reuse.
+
+A fold is finished when its `done.json` exists (written last, atomically): a fold killed half-way
+is trained again, a finished one is read back as it is, if it was trained with the same trial
+configuration (its digest). A retried trial reuses the folds of the trial it retries.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+
+from ..config.paths import FoldPaths, RunPaths, atomic_write_text
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    score: float
+    val_index: np.ndarray
+    oof: np.ndarray  # len(val_index) × C probabilities
+    test: np.ndarray  # n_test × C probabilities
+    best_epoch: int
+    val_loss: float
+    seconds: float
+    reused: bool = False
+
+
+def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, history: pd.DataFrame,
+              digest: str, record: dict) -> None:
+    """Write the fold's files, `done.json` last; `record` is merged into done.json."""
+    out.root.mkdir(parents=True, exist_ok=True)
+    compact = (lambda a: a.astype(np.float16)) if result.oof.ndim > 2 else (lambda a: a)  # maps: half size
+    np.save(out.oof, compact(result.oof))
+    np.save(out.val_index, result.val_index)
+    np.save(out.test, compact(result.test))
+    checkpoint = io.BytesIO()  # written by Python, so a full disk is an OSError that names the file
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, checkpoint)
+    out.model.write_bytes(checkpoint.getbuffer())
+    history.to_csv(out.history, index=False)
+    done = {"fold": result.fold, "score": result.score, "best_epoch": result.best_epoch,
+            "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
+            "config": digest, "n_val": len(result.val_index), "n_test": len(result.test), **record}
+    atomic_write_text(out.done, json.dumps(done, indent=1))
+
+
+def read_done(out: FoldPaths) -> Optional[dict]:
+    return json.loads(out.done.read_text()) if out.done.is_file() else None
+
+
+def load_fold(out: FoldPaths, digest: Optional[str] = None) -> Optional[FoldResult]:
+    """A finished fold (of the config with `digest`, if given) from disk; None when it must be trained."""
+    done = read_done(out)
+    if done is None or (digest is not None and done["config"] != digest):
+        return None
+    return FoldResult(fold=done["fold"], score=done["score"], val_index=np.load(out.val_index),
+                      oof=np.load(out.oof), test=np.load(out.test), best_epoch=done["best_epoch"],
+                      val_loss=done["val_loss"], seconds=done["seconds"], reused=True)
+
+
+def load_trial_folds(paths: RunPaths, owner: int, n_folds: int) -> Optional[List[FoldResult]]:
+    """Every fold of the trial whose files `owner` holds; None if any is missing (removed by hand)."""
+    folds = [load_fold(paths.fold(owner, k)) for k in range(n_folds)]
+    return None if any(f is None for f in folds) else folds
+
+
+def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
+    """Fold OOF arrays put back in sample order, n × C (or n × H × W)."""
+    oof = np.full((n,) + results[0].oof.shape[1:], np.nan, dtype=np.float32)
+    for r in results:
+        oof[r.val_index] = r.oof
+    return oof
+
+
+def artifact_owner(trial: FrozenTrial) -> int:
+    """The trial number whose directory holds this trial's folds (a retry reuses its original's)."""
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is not None:
+        return int(retry_of)
+    retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if retried is None else retried
