@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all clean
+.PHONY: demo test clean
 
 $(BIN)/harness: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,9 +17,6 @@ demo: $(BIN)/harness
 
 test: $(BIN)/harness
 	$(BIN)/pytest -q
-
-test-all: $(BIN)/harness
-	$(BIN)/pytest -q -m ""
 
 clean:
 	rm -rf $(VENV) runs

@@ -10,6 +10,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from ..registry import Registry
@@ -52,9 +53,11 @@ def no_rebalancing(y_train: np.ndarray, num_classes: int, batch_size: int,
 @IMBALANCE.register("class_weights")
 def class_weights(y_train: np.ndarray, num_classes: int, batch_size: int,
                   generator: torch.Generator) -> Drawing:
-    """Weight the loss by inverse class frequency ('balanced', as scikit-learn computes it)."""
-    counts = class_counts(y_train, num_classes).astype(np.float32)
-    return Drawing(class_weight=len(y_train) / (num_classes * np.maximum(counts, 1)))
+    """Weight the loss by inverse class frequency (scikit-learn's 'balanced')."""
+    present = np.unique(y_train)
+    weight = np.ones(num_classes, dtype=np.float32)  # a class absent from the fold has no loss to weigh
+    weight[present] = compute_class_weight("balanced", classes=present, y=y_train)
+    return Drawing(class_weight=weight)
 
 
 @IMBALANCE.register("oversample")
