@@ -372,7 +372,7 @@ def test_storage_is_remembered_only_once_connected_and_absolute(class_folder_com
 
 
 def test_a_full_disk_mid_trial_stops_in_one_line_and_the_trial_resumes(class_folder_competition, cli, tmp_path,
-                                                                      monkeypatch):
+                                                                       monkeypatch):
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
     save_fold = harness.training.fit.save_fold

@@ -5,14 +5,14 @@ import timm
 import torch
 
 from harness.submit.ensemble import TrialPredictions, build_ensemble
+from harness.tasks import ClassificationTask, Head
 from harness.tasks.losses import LOSSES
 from harness.tasks.metrics import METRICS, fit_threshold
-from harness.tasks import ClassificationTask, Head
+from harness.training.models import timm_classifier
 
 
 def one_head(metric, n_classes):
     return ClassificationTask([Head("label", [str(c) for c in range(n_classes)], metric, 0)])
-from harness.training.models import timm_classifier
 
 
 def one_hot_noisy(y, right, n_classes, rng):

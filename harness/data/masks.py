@@ -86,5 +86,5 @@ def _same_size(arrays: List[np.ndarray], names) -> np.ndarray:
     for array, name in zip(arrays, names):
         if array.shape[:2] != shape:
             raise SpecError(f"image {name!r} is {array.shape[1]}x{array.shape[0]}, the first is "
-                        f"{shape[1]}x{shape[0]}: segmentation needs one image size; resize them")
+                            f"{shape[1]}x{shape[0]}: segmentation needs one image size; resize them")
     return np.stack(arrays)

@@ -38,6 +38,7 @@ class Samples:
         """The classes of a single-head competition."""
         return next(iter(self.heads.values()))
 
+
 def load_samples(spec: "Competition", data_root: Path) -> Samples:
     """Read train and test listings, derive labels, ids and groups; validate before training."""
     if spec.prepare:
@@ -124,7 +125,6 @@ def _check_aux_masks(images: List[str], masks: List[str]) -> None:
 
 def _mask_values(path: str) -> set:
     return set(np.unique(read_image(path, 1)).tolist())
-
 
 
 def _derive_id(listed: str, how: str) -> str:
