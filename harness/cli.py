@@ -114,7 +114,7 @@ def submit(run: Run) -> None:
 @main.command("list")
 @click.argument("what", type=click.Choice(sorted(REGISTRIES)))
 def list_choices(what: str) -> None:
-    """List what a spec may name: tasks, layouts, metrics, losses, augmentations, pruners, models, formats."""
+    """List what a spec may name (tasks, layouts, metrics, losses, formats, …) with a line on each."""
     module, attr = REGISTRIES[what].split(":")
     registry = getattr(__import__(module, fromlist=[attr]), attr)
     for name in registry.names():

@@ -221,6 +221,10 @@ def storage(url: str) -> Callable[[Kit], List[str]]:
     return make
 
 
+def no_cache(run_dir: Path) -> None:
+    assert not (run_dir / "cache").exists(), "images were decoded before the storage was checked"
+
+
 def no_url_remembered(run_dir: Path) -> None:
     assert not (run_dir / "study.url").exists(), "a URL that did not connect was remembered"
 
@@ -276,6 +280,9 @@ CATALOGUE = [
          command="search", after=no_url_remembered),
     Case("storage-driver-missing", storage("mysql://user:secret@127.0.0.1:9/db"),
          ["--storage mysql://user:***@127.0.0.1:9/db"], command="search", after=no_url_remembered),
+    Case("storage-checked-before-decoding", storage("mysql://user:secret@127.0.0.1:9/db"),
+         ["--storage mysql://user:***@127.0.0.1:9/db"], command="search",
+         after=lambda run_dir: (no_url_remembered(run_dir), no_cache(run_dir))),
     Case("trials-below-one", lambda k: [str(k.folders()), "--trials", "0"], ["--trials"], command="search",
          code=2),
 ]
@@ -298,6 +305,18 @@ def test_refused_in_one_line_and_nothing_touched(case, tmp_path, class_folder_co
     assert tree(tmp_path, skip=run_dir) == before
     if case.after is not None:
         case.after(run_dir)
+
+
+def test_a_changed_fold_split_needs_a_new_run_dir(csv_competition, cli, tmp_path):
+    comp, run_dir = csv_competition(), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "search.epochs=[1]")
+    result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "train.groups=[batch]", ok=False)
+    assert "train.groups is ['batch'] but this study was started with ['batch', 'temp']" in result.output
+    assert "train.groups" not in (run_dir / "options.json").read_text()  # a refused change is not remembered
+
+
+def test_optional_lists_may_be_written_empty(csv_competition, cli, tmp_path):
+    assert "ok" in cli("validate", csv_competition(), "--run-dir", tmp_path / "run", "--set", "train.groups=[]").output
 
 
 def test_catalogue_is_broad():

@@ -102,3 +102,8 @@ def test_multihead_spec_errors(faces):
         open_run(comp, overrides=["submission.columns=[x]"])
     with pytest.raises(SpecError, match="need task multihead"):
         open_run(comp, overrides=["task=multiclass"])
+    # every head minimised while the study maximises `metric`: the best trial would be the worst
+    heads = [f"heads.{h}.metric=log_loss" for h in ("corner", "colour")]
+    with pytest.raises(SpecError, match="the heads' metrics and 'metric' must all be maximised or all minimised"):
+        open_run(comp, overrides=heads)
+    assert open_run(comp, overrides=heads + ["metric=log_loss"]).spec.metric == "log_loss"

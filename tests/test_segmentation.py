@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import yaml
 from PIL import Image
 
 from conftest import write_spec
@@ -135,6 +136,10 @@ def test_segmentation_spec_errors(volume, pairs, cli, tmp_path):
     result = cli("validate", volume, "--set", "search.architectures=[unet]",
                  "--set", "search.backbones=[vit_tiny_patch16_224]", ok=False)  # a ViT has no feature pyramid
     assert "'search.architectures' × 'search.backbones': no combination builds" in result.output
+    result = cli("validate", volume, "--set", "positive_value=300", ok=False)
+    assert "'positive_value': 300 is not a mask value: give one in 0..255" in result.output
+    result = cli("validate", volume, "--set", "positive_value=7", ok=False)
+    assert "no pixel of the training masks has 7 (positive_value)" in result.output
     (pairs.parent / "pairs" / "masks" / "cell 3.png").unlink()
     result = cli("validate", pairs, ok=False)
     assert "image 'cell 3.jpg' has no mask named cell 3.*" in result.output
@@ -233,6 +238,15 @@ def test_augmentation_moves_image_and_mask_together():
         assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
         if mask.sum() > 20:  # where the mask says disk, the image is bright
             assert x[0][mask[0] > 0].float().mean() > x[0][mask[0] == 0].float().mean() + 60
+
+
+def test_a_segmentation_spec_may_leave_format_and_losses_to_the_task(volume, tmp_path):
+    spec = yaml.safe_load((volume / "competition.yaml").read_text())
+    del spec["submission"]["format"], spec["search"]["loss"], spec["search"]["imbalance"]
+    (volume / "competition.yaml").write_text(yaml.safe_dump(spec))
+    loaded = open_run(volume, run_dir=str(tmp_path / "run")).spec
+    assert (loaded.submission.format, loaded.search.loss, loaded.search.imbalance) == ("png_folder", ["bce_dice"],
+                                                                                        ["none"])
 
 
 def test_a_changed_positive_value_needs_a_new_run_dir(volume, cli, tmp_path):

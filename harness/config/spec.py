@@ -160,6 +160,7 @@ class Competition:
 def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:
     """Read `<folder>/competition.yaml`, apply `--set key=value` overrides, validate."""
     path, raw = read_raw(folder, overrides)
+    _fill_task_defaults(raw)
     try:
         spec = build(Competition, raw, "")
     except SpecError as err:
@@ -167,6 +168,19 @@ def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) ->
     spec.folder = path.parent.resolve()
     check_consistency(spec, path)
     return spec
+
+
+def _fill_task_defaults(raw: Dict[str, Any]) -> None:
+    """Keys the spec leaves out take the task's defaults (segmentation: masks, pixel losses)."""
+    from ..tasks import TASKS
+
+    if raw.get("task") not in TASKS:
+        return  # refused, with the tasks allowed, when the spec is built
+    for section, values in TASKS.get(raw["task"]).defaults.items():
+        node = raw.setdefault(section, {})
+        if isinstance(node, dict):
+            for key, value in values.items():
+                node.setdefault(key, value)
 
 
 def read_raw(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Path, Dict[str, Any]]:

@@ -31,6 +31,10 @@ def build(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)
+        if name in raw and raw[name] == [] and f.default_factory is not dataclasses.MISSING \
+                and f.default_factory() == []:
+            kwargs[name] = []  # an optional list written empty: its default
+            continue
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SpecError(f"missing key '{key}': add it to competition.yaml")

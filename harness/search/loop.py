@@ -15,7 +15,7 @@ from ..data.folds import save_folds
 from ..data.prepare import check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from .objective import Objective
-from .study import FINISHED, check_fingerprint, count_finished, open_study, retry_interrupted
+from .study import FINISHED, check_fingerprint, connect, count_finished, open_study, retry_interrupted
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -38,6 +38,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     data = prepare_data(run)
     check_trainable(run, data)
     ensure_writable(run.paths.root)
+    connect(run.storage_url)  # a bad --storage is said now, not after every image is decoded
     # Decode every image once now: a bad file is reported before any training starts.
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True)

@@ -96,9 +96,10 @@ def retry_interrupted(study: optuna.Study) -> List[int]:
 def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
-            "heads", "search")
+            "heads", "fold_by", "search")
     spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS}
-    return {**{k: spec[k] for k in keep}, "folds_hash": data.folds_hash, "classes": data.samples.heads}
+    return {**{k: spec[k] for k in keep}, "train.groups": spec["train"]["groups"], "folds_hash": data.folds_hash,
+            "classes": data.samples.heads}
 
 
 def check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:

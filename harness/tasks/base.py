@@ -91,6 +91,7 @@ class TaskType:
     masks_are_labels = False  # segmentation: train.masks are the targets, not an auxiliary head
     writes_probability = False  # submission.value: probability is allowed
     mask_submission = False  # writes masks (tiff, png_folder, rle_csv) rather than a csv of labels
+    defaults: Dict[str, Dict[str, Any]] = {}  # section → key → value, where the spec says nothing
 
     @classmethod
     def check_spec(cls, spec: "Competition", path: Path) -> None:

@@ -214,8 +214,8 @@ class BinaryTask(ClassificationTask):
                             "multiclass")
         positive = spec.positive if spec.positive is not None else classes[-1]
         if positive not in classes:
-            raise SpecError(f"'positive': {positive!r} is not a class (classes: {', '.join(classes)}): name one "
-                            "of them")
+            raise SpecError(f"{spec.folder / 'competition.yaml'}: 'positive': {positive!r} is not a class "
+                            f"(classes: {', '.join(classes)}): name one of them")
         return [c for c in classes if c != positive] + [positive]
 
 
@@ -242,8 +242,9 @@ class MultiheadTask(ClassificationTask):
                 raise SpecError(f"{path}: 'heads.{name}': not one of train.targets ({', '.join(targets)})")
         directions = {METRICS.get(spec.heads[t].metric if t in spec.heads and spec.heads[t].metric
                                   else spec.metric).direction for t in targets}
-        if len(directions) > 1:
-            raise SpecError(f"{path}: 'heads': the heads' metrics must all be maximised or all minimised")
+        if directions != {METRICS.get(spec.metric).direction}:
+            raise SpecError(f"{path}: 'heads': the heads' metrics and 'metric' must all be maximised or all "
+                            "minimised (the study optimises their mean in one direction)")
         if spec.submission.columns and len(spec.submission.columns) != len(targets):
             raise SpecError(f"{path}: 'submission.columns': {len(spec.submission.columns)} names for "
                             f"{len(targets)} heads")

@@ -85,6 +85,8 @@ class SegmentationTask(TaskType):
     losses = SEG_LOSSES
     masks_are_labels = True
     mask_submission = True
+    # the spec's defaults are classification's: these replace them where the spec is silent
+    defaults = {"submission": {"format": "png_folder"}, "search": {"loss": ["bce_dice"], "imbalance": ["none"]}}
     # image and mask are augmented and cropped together by DataLoader workers (feed.py)
     trains_on_whole_images = False
 
@@ -170,6 +172,10 @@ class SegmentationTask(TaskType):
         if unknown:
             raise SpecError(f"{path}: 'search.architectures': unknown value {unknown[0]!r} "
                             f"(allowed: {', '.join(architectures())})")
+        for key in ("positive_value", "negative_value"):
+            value = getattr(spec, key)
+            if value is not None and not 0 <= value <= 255:
+                raise SpecError(f"{path}: '{key}': {value} is not a mask value: give one in 0..255")
         if spec.search.imbalance != ["none"]:
             raise SpecError(f"{path}: 'search.imbalance': task segmentation draws pixels as they are: "
                             "set search.imbalance [none]")
@@ -187,4 +193,8 @@ class SegmentationTask(TaskType):
 
         y = load_masks(samples.train, spec.positive_value)
         check_mask_sizes(samples.train, y)
+        if not y.any():
+            value = "any value above 0" if spec.positive_value is None else spec.positive_value
+            raise SpecError(f"no pixel of the training masks has {value} (positive_value): name the value "
+                            "the masks give the positive class")
         return cls.for_metric(spec.metric, spec.tile_size), y

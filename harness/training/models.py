@@ -3,7 +3,7 @@
 `pretrained` is `false` (random init), `true` (timm's hub loading, which also uses the local
 Hugging Face cache when offline) or a path to a local weights file (loaded through timm's own
 `pretrained_cfg_overlay=dict(file=...)`, so the head and input channels are adapted as timm does).
-The segmentation family (`segmentation.smp_model`) reads `pretrained` the same way.
+The segmentation family (`smp_model`, smp decoders on timm encoders) reads `pretrained` the same way.
 """
 from __future__ import annotations
 
