@@ -18,6 +18,7 @@ REGISTRIES = {
     "segmentation_metrics": "harness.tasks.pixels:SEG_METRICS", "augmentations": "harness.training.augment:AUGMENTS",
     "imbalance": "harness.training.sampling:IMBALANCE", "models": "harness.training.models:MODEL_FAMILIES",
     "pruners": "harness.search.pruners:PRUNERS", "formats": "harness.submit.formats:FORMATS",
+    "recipes": "harness.training.recipes:RECIPES",
 }
 
 

@@ -30,3 +30,11 @@ def test_search_speed_benchmark_smoke(class_folder_competition):
     assert result["without"]["complete"] == 2 and "time_ratio" in result
     # the pruned search's best came within reach during its own run, or never
     assert result["reach_ratio"] is None or 0 < result["reach_ratio"] <= result["time_ratio"] + 0.05
+
+
+def test_search_quality_benchmark_smoke(class_folder_competition):
+    result = run_benchmark("search_quality.py", "--competition", class_folder_competition(), "--trials", "2")
+    (row,) = result["results"]
+    assert row["recipe"] == "scratch_small" and row["trials"] == 2
+    assert row["best_cv"] is not None and row["recipe_cv"] is not None
+    assert row["best_cv"] >= row["recipe_cv"]  # accuracy: the best of the search includes the recipe

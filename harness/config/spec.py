@@ -96,6 +96,8 @@ class SearchSpace:
     compile: bool = False  # torch.compile each model (slow start, faster steps on a GPU)
     # with train.masks on a classification task: weight of the auxiliary mask loss (0: not used)
     aux_weight: List[float] = field(default_factory=lambda: [0.0, 0.5])
+    # the first trials of a new study (`harness list recipes`); auto: the one for the task and weights
+    recipes: List[str] = field(default_factory=lambda: ["auto"], metadata={"may_be_empty": True})
 
 
 @dataclass

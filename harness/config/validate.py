@@ -31,9 +31,9 @@ def build(cls: type, raw: Any, where: str) -> Any:
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)
-        if name in raw and raw[name] == [] and f.default_factory is not dataclasses.MISSING \
-                and f.default_factory() == []:
-            kwargs[name] = []  # an optional list written empty: its default
+        if name in raw and raw[name] == [] and (f.metadata.get("may_be_empty") or (
+                f.default_factory is not dataclasses.MISSING and f.default_factory() == [])):
+            kwargs[name] = []  # an optional list written empty
             continue
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -128,6 +128,7 @@ def check_consistency(spec: "Competition", path: Path) -> None:
                         "e.g. 4")
     if min(s.aux_weight) < 0:
         raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
+    _check_recipes(spec, path)
     if spec.test.target is not None or spec.test.targets:
         raise SpecError(f"{path}: 'test.target': the test set has no target")
     spec.task_type.check_spec(spec, path)
@@ -150,6 +151,17 @@ def _check_augment_on(spec: "Competition", path: Path) -> None:
         if batch_form(policy) is None:
             raise SpecError(f"{path}: 'search.augment_on': policy {policy!r} has no device form "
                             "(use auto or workers)")
+
+
+def _check_recipes(spec: "Competition", path: Path) -> None:
+    from ..training.recipes import RECIPES
+
+    for name in spec.search.recipes:
+        if name != "auto":
+            try:
+                RECIPES.check(name, "search.recipes")
+            except SpecError as err:
+                raise SpecError(f"{path}: {err}: or auto") from None
 
 
 def _check_backbones(names: List[str], path: Path) -> None:

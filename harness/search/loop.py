@@ -15,6 +15,7 @@ from ..data.folds import save_folds
 from ..data.prepare import check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from .objective import Objective
+from .space import enqueue_recipes
 from .study import FINISHED, check_fingerprint, connect, count_finished, open_study, retry_interrupted
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -45,6 +46,8 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     check_fingerprint(study, run, data)
     save_folds(run.paths.folds_csv, data.samples, data.fold)
     run.remember_overrides()
+    for name in enqueue_recipes(study, run, data):
+        echo(f"recipe {name}: the first trial, within this search space")
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
     objective = Objective(run, data, echo)

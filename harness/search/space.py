@@ -1,12 +1,15 @@
 """The search space: one trial's configuration drawn from the spec's `search` section."""
 from __future__ import annotations
 
+from typing import List
+
 import optuna
 
 from ..config.paths import Run
 from ..data.prepare import SearchData
 from ..training.config import TrialConfig
 from ..training.device import default_workers
+from ..training.recipes import RECIPES, projected, recipe_names
 
 
 def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
@@ -33,3 +36,16 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         num_workers=default_workers() if s.num_workers is None else s.num_workers,
         augment_on=s.augment_on, compile=s.compile, aux_weight=aux_weight,
     )
+
+
+def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData) -> List[str]:
+    """Enqueue the spec's recipes as the first trials of a new study; their names (none on a resume)."""
+    if study.get_trials(deepcopy=False):
+        return []
+    probe = optuna.create_study().ask()  # in memory: the space's keys and choices, as trials draw them
+    suggest_config(probe, run, data)
+    names = recipe_names(run.spec)
+    for name in names:
+        study.enqueue_trial(projected(RECIPES.get(name)(run.spec), probe.distributions),
+                            user_attrs={"recipe": name})
+    return names

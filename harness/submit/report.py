@@ -22,6 +22,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         folds = t.user_attrs.get("fold_scores", [])
         note = t.user_attrs.get("fail_reason", "")
+        if t.user_attrs.get("recipe"):
+            note = (note + f" recipe {t.user_attrs['recipe']}").strip()
         if t.user_attrs.get("retry_of") is not None:
             note = (note + f" retry of #{t.user_attrs['retry_of']}").strip()
         if t.user_attrs.get("reused_folds"):

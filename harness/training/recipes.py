@@ -1,0 +1,83 @@
+"""Recipes: complete training configurations known to work, the first trials of every new study.
+
+A recipe is one registered function `(spec) -> params` naming a value for each searched key
+(`harness list recipes`); `tasks` and `pretrained` say where it applies. A new study enqueues the
+spec's recipes (`search.recipes`, default `[auto]`: the one for the task and for whether weights
+are used) before the sampler draws, each projected into the spec's search space: a value the
+space lacks becomes the space's nearest (numbers, clipped for ranges) or first choice.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List
+
+import optuna
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config.spec import Competition
+
+RECIPES = Registry("recipe")
+CLASSIFICATION = ("binary", "multiclass", "multihead")
+
+
+@RECIPES.register("scratch_small", tasks=CLASSIFICATION, pretrained=False)
+def scratch_small(spec: "Competition") -> Dict[str, Any]:
+    """From scratch on hundreds of images: resnet18, AdamW 2e-3, weight decay 0.05, label smoothing, long."""
+    return {"backbone": "resnet18", "image_size": 224, "augment": "medium", "loss": "label_smoothing",
+            "imbalance": "none", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 32, "epochs": 150}
+
+
+@RECIPES.register("finetune", tasks=CLASSIFICATION, pretrained=True)
+def finetune(spec: "Competition") -> Dict[str, Any]:
+    """Pretrained weights: a low learning rate, light weight decay, a short schedule."""
+    return {"backbone": "resnet18", "image_size": 224, "augment": "medium", "loss": "label_smoothing",
+            "imbalance": "none", "lr": 3e-4, "weight_decay": 1e-2, "batch_size": 32, "epochs": 20}
+
+
+@RECIPES.register("unet_scratch", tasks=("segmentation",), pretrained=None)
+def unet_scratch(spec: "Competition") -> Dict[str, Any]:
+    """A U-Net on a resnet18 encoder with BCE + Dice, AdamW 1e-3, many steps."""
+    return {"model": "unet/resnet18", "image_size": 256, "augment": "light", "loss": "bce_dice",
+            "imbalance": "none", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "epochs": 150}
+
+
+def recipe_names(spec: "Competition") -> List[str]:
+    """The recipes a new study starts from: `search.recipes`, with `auto` resolved for this spec."""
+    names = []
+    for name in spec.search.recipes:
+        names += [_auto(spec)] if name == "auto" else [name]
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def _auto(spec: "Competition") -> str:
+    weights = bool(spec.search.pretrained)
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+        if spec.task in recipe.tasks and recipe.pretrained in (None, weights):
+            return name
+    return ""
+
+
+def projected(params: Dict[str, Any], distributions: Dict[str, optuna.distributions.BaseDistribution]
+              ) -> Dict[str, Any]:
+    """`params` as the search space allows them, over exactly the space's keys; keys a recipe does
+    not name (a second head's loss, aux_weight) take the recipe's value for the first of their kind,
+    else the space's first choice."""
+    out = {}
+    for key, dist in distributions.items():
+        value = params.get(key, params.get(key.split("_")[0]))  # loss_<head> falls back to loss
+        if isinstance(dist, optuna.distributions.FloatDistribution):
+            out[key] = min(max(float(value if value is not None else dist.low), dist.low), dist.high)
+        else:
+            out[key] = _choice(value, list(dist.choices))
+    return out
+
+
+def _choice(value: Any, choices: List[Any]) -> Any:
+    if value in choices:
+        return value
+    numbers = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    if isinstance(value, (int, float)) and numbers:
+        return min(numbers, key=lambda c: abs(c - value))
+    return choices[0]
