@@ -36,6 +36,19 @@ def write_spec(folder: Path, spec: dict) -> Path:
     return folder
 
 
+def edit_spec(folder: Path, **changes) -> Path:
+    """Change competition.yaml keys given as section__key=value; returns the folder."""
+    spec = yaml.safe_load((folder / "competition.yaml").read_text())
+    for dotted, value in changes.items():
+        node = spec
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (folder / "competition.yaml").write_text(yaml.safe_dump(spec))
+    return folder
+
+
 @pytest.fixture
 def class_folder_competition(tmp_path: Path):
     """Builder: class folders `cat/`, `dog/`, (`fox/`) + a test folder; returns the competition folder."""

@@ -20,12 +20,11 @@ import optuna
 import pandas as pd
 import pytest
 import tifffile
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 import harness.training.fit
-from conftest import TINY_SEARCH, draw, write_spec
+from conftest import TINY_SEARCH, draw, edit_spec, write_spec
 from harness.cli import main
 from harness.config.paths import atomic_write_text
 
@@ -72,18 +71,6 @@ class Case:
     command: str = "validate"
     code: int = 1
     after: Optional[Callable[[Path], None]] = None  # more checks, given the run dir
-
-
-def edit_spec(folder: Path, **changes) -> Path:
-    spec = yaml.safe_load((folder / "competition.yaml").read_text())
-    for dotted, value in changes.items():
-        node = spec
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    (folder / "competition.yaml").write_text(yaml.safe_dump(spec))
-    return folder
 
 
 def foreign_data_root(k: Kit) -> List[str]:

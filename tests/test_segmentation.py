@@ -245,8 +245,8 @@ def test_a_segmentation_spec_may_leave_format_and_losses_to_the_task(volume, tmp
     del spec["submission"]["format"], spec["search"]["loss"], spec["search"]["imbalance"]
     (volume / "competition.yaml").write_text(yaml.safe_dump(spec))
     loaded = open_run(volume, run_dir=str(tmp_path / "run")).spec
-    assert (loaded.submission.format, loaded.search.loss, loaded.search.imbalance) == ("png_folder", ["bce_dice"],
-                                                                                        ["none"])
+    defaults = (loaded.submission.format, loaded.search.loss, loaded.search.imbalance)
+    assert defaults == ("png_folder", ["bce_dice"], ["none"])
 
 
 def test_a_changed_positive_value_needs_a_new_run_dir(volume, cli, tmp_path):

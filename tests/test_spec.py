@@ -1,22 +1,9 @@
 """A competitor's mistakes in competition.yaml or the data get one line naming what is wrong."""
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import yaml
 
+from conftest import edit_spec as edit
 from harness import SpecError, load_competition, open_run
-
-
-def edit(folder: Path, **changes) -> None:
-    spec = yaml.safe_load((folder / "competition.yaml").read_text())
-    for dotted, value in changes.items():
-        node = spec
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    (folder / "competition.yaml").write_text(yaml.safe_dump(spec))
 
 
 def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):

@@ -39,10 +39,10 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     data = prepare_data(run)
     check_trainable(run, data)
     ensure_writable(run.paths.root)
-    connect(run.storage_url)  # a bad --storage is said now, not after every image is decoded
+    storage = connect(run.storage_url)  # a bad --storage is said now, not after every image is decoded
     # Decode every image once now: a bad file is reported before any training starts.
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
-    study = open_study(run, create=True)
+    study = open_study(run, create=True, storage=storage)
     check_fingerprint(study, run, data)
     save_folds(run.paths.folds_csv, data.samples, data.fold)
     run.remember_overrides()

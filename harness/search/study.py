@@ -37,14 +37,15 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by `
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def open_study(run: Run, create: bool) -> optuna.Study:
+def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> optuna.Study:
+    """The run's study (`create`: made if new); `storage`, when the caller has connected already."""
     missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
     db_file = _sqlite_file(run.storage_url)
     if not create and db_file is not None and not db_file.is_file():
         raise missing  # opening it would create an empty database
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)
-    storage = connect(run.storage_url)
+    storage = storage or connect(run.storage_url)
     direction = run.spec.metrics.get(run.spec.metric).direction
     if not create:
         try:

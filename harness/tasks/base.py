@@ -110,6 +110,13 @@ class TaskType:
             allowed = [f for f in FORMATS.names() if FORMATS.get(f).masks == cls.mask_submission]
             raise SpecError(f"{path}: 'submission.format': task {spec.task} writes {' or '.join(allowed)}, "
                             f"not {spec.submission.format}")
+        cls.check_targets(spec, path)
+
+    @classmethod
+    def check_targets(cls, spec: "Competition", path: Path) -> None:
+        """One target (a column, class folders or masks): the keys of several heads are refused."""
+        if spec.train.targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
+            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
 
     @classmethod
     def label_classes(cls, train: "pd.DataFrame", spec: "Competition") -> Tuple[Dict[str, List[str]], np.ndarray]:

@@ -177,22 +177,19 @@ class ClassificationTask(TaskType):
         """The classes of one head in output order (natural sort: 'class 2' before 'class 10')."""
         classes = sorted(labels.unique(), key=_natural_key)
         if len(classes) < 2:
-            raise SpecError(f"task {spec.task} needs at least 2 classes, found {classes}: check the "
-                            "target column or class folders")
+            raise SpecError(cls.single_class(labels, classes, spec))
         return classes
+
+    @classmethod
+    def single_class(cls, labels: "pd.Series", classes: List[str], spec: "Competition") -> str:
+        """Why a target with one class is refused, and what to do."""
+        return f"task {spec.task} needs at least 2 classes, found {classes}: check the target column or class folders"
 
     @classmethod
     def check_spec(cls, spec: "Competition", path: Path) -> None:
         super().check_spec(spec, path)
         if spec.fold_by != "stratified":
             raise SpecError(f"{path}: 'fold_by': {spec.fold_by} is for task segmentation")
-        cls.check_targets(spec, path)
-
-    @classmethod
-    def check_targets(cls, spec: "Competition", path: Path) -> None:
-        """One target column (or class folders): the keys of several heads are refused."""
-        if spec.train.targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
-            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
 
 
 @TASKS.register("multiclass")
@@ -224,12 +221,8 @@ class MultiheadTask(ClassificationTask):
     """Several targets (csv columns), a head each, on one backbone; scored by the heads' mean."""
 
     @classmethod
-    def ordered_classes(cls, labels: "pd.Series", spec: "Competition") -> List[str]:
-        classes = sorted(labels.unique(), key=_natural_key)
-        if len(classes) < 2:
-            raise SpecError(f"target {labels.name[6:]!r} has a single class {classes}: nothing to learn; "
-                            "drop it from train.targets")
-        return classes
+    def single_class(cls, labels: "pd.Series", classes: List[str], spec: "Competition") -> str:
+        return f"target {labels.name[6:]!r} has a single class {classes}: nothing to learn; drop it from train.targets"
 
     @classmethod
     def check_targets(cls, spec: "Competition", path: Path) -> None:

@@ -179,8 +179,6 @@ class SegmentationTask(TaskType):
         if spec.search.imbalance != ["none"]:
             raise SpecError(f"{path}: 'search.imbalance': task segmentation draws pixels as they are: "
                             "set search.imbalance [none]")
-        if spec.train.targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
-            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
 
     @classmethod
     def label_classes(cls, train: "pd.DataFrame", spec: "Competition") -> Tuple[Dict[str, List[str]], np.ndarray]:
