@@ -4,8 +4,9 @@
     python benchmarks/search_quality.py --competition competitions/uhcs-phase \
         --data-root ../shared/data/uhcs --trials 10 --set search.pretrained=false
 
-Prints one JSON object: for each competition, the recipe trial's CV (`recipe_cv`), the best CV of
-the whole search (`best_cv`), which trial that was, and the seconds the search took. The issue's
+Prints one JSON object: for each competition, the first recipe trial's CV (`recipe_cv`; every
+recipe's in `recipes`), the best CV of the whole search (`best_cv`), which trial that was, how
+many trials were pruned (and the first pruning note), and the seconds the search took. The issue's
 targets (on a GPU, 15 minutes a competition) are read from these figures; no score is asserted.
 """
 from __future__ import annotations
@@ -27,12 +28,15 @@ def quality(competition: str, run_dir: Path, trials: int, overrides, data_root=N
     start = time.perf_counter()
     study = run_search(run, trials=trials, timeout=timeout, echo=lambda line: None)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     recipes = [t for t in complete if t.user_attrs.get("recipe")]
     best = study.best_trial if complete else None
     return {"competition": run.spec.name, "metric": run.spec.metric, "trials": len(complete),
+            "pruned": len(pruned), "pruned_note": pruned[0].user_attrs.get("pruned") if pruned else None,
             "seconds": round(time.perf_counter() - start, 1),
             "recipe": recipes[0].user_attrs["recipe"] if recipes else None,
             "recipe_cv": round(recipes[0].value, 4) if recipes else None,
+            "recipes": {t.user_attrs["recipe"]: round(t.value, 4) for t in recipes},
             "best_cv": round(best.value, 4) if best else None, "best_trial": best.number if best else None}
 
 

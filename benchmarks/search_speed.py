@@ -2,7 +2,7 @@
 
     python benchmarks/search_speed.py                                  # digits, 10 trials
     python benchmarks/search_speed.py --competition competitions/uhcs-phase --trials 30 --pruner median
-    python benchmarks/search_speed.py --set search.epochs=[2] --trials 4  # what a CPU can afford
+    python benchmarks/search_speed.py --set search.steps=[20] --trials 4  # what a CPU can afford
 
 Target (issue 6): the pruned search reaches the unpruned best CV within 0.01 in at most half the
 wall-clock. Prints one JSON object with two readings of it: `time_ratio`, the pruned search's whole

@@ -41,18 +41,21 @@ ON_GPU = torch.cuda.is_available()
 
 def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out: Path, augment_on: str,
                  compile: bool) -> float:
-    """img/s of the harness's training epochs (median over epochs after the first)."""
+    """img/s of the harness's training epochs (median over epochs after the first): a fold of
+    `epochs` epochs' steps, validated once per epoch."""
     cache = run.paths.cache_dir
     images = load_resized(data.samples.train["path"].tolist(), size, data.channels, cache)
     test_images = load_resized(data.samples.test["path"].tolist()[:8], size, data.channels, cache)
+    train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
+    per_epoch = max(1, len(train_idx) // batch)  # full batches: the last partial one is dropped
     cfg = trial_config(backbone=model, image_size=size, augment="medium", loss=["ce"] * len(data.task.heads),
-                       weight_decay=1e-4, batch_size=batch, epochs=epochs, patience=epochs, channels=data.channels,
+                       weight_decay=1e-4, batch_size=batch, steps=epochs * per_epoch, evals=epochs,
+                       channels=data.channels,
                        orientation=run.spec.orientation, metric=run.spec.metric, num_classes=data.task.width,
                        num_workers=default_workers(), augment_on=augment_on, compile=compile)
-    train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
     fit_fold(cfg, data.task, images, data.samples.y, train_idx, val_idx, test_images, 0, FoldPaths(out))
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()
-    return len(train_idx) / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+    return per_epoch * batch / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
 
 
 def ceiling_loop(model_name: str, size: int, channels: int, classes: int, batch: int, steps: int) -> float:

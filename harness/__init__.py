@@ -1,7 +1,7 @@
 """harness: k-fold Optuna search over timm backbones, OOF store, fold ensembles, submissions.
 
     from harness import open_run, run_search, make_submission
-    run = open_run("competitions/digits", run_dir="runs/digits-api", overrides=["search.epochs=[1]"])
+    run = open_run("competitions/digits", run_dir="runs/digits-api", overrides=["search.steps=[50]"])
     run_search(run, trials=2)
     make_submission(run)
 

@@ -29,7 +29,7 @@ def run_options(command: Callable) -> Callable:
     @click.option("--data-root", help="Data folder (else $HARNESS_DATA, else the spec's data_root).")
     @click.option("--run-dir", help="Run folder (default runs/<name>).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override a competition.yaml field by dotted path, e.g. search.epochs=[1]; "
+                  help="Override a competition.yaml field by dotted path, e.g. search.steps=[50]; "
                        "`search` remembers them for later commands on the same run dir.")
     @click.option("--storage", help="Optuna storage URL (default sqlite:///<run-dir>/study.db).")
     @functools.wraps(command)

@@ -16,7 +16,7 @@ from harness.cli import main
 TINY_SEARCH = {
     "backbones": ["resnet10t"], "image_size": [16], "augment": ["none", "light"], "loss": ["ce"],
     "imbalance": ["none"], "lr": [1e-3, 3e-3], "weight_decay": [1e-5], "batch_size": [8],
-    "epochs": [1], "patience": 1, "pretrained": False, "pruner": "none",
+    "steps": [2], "evals": 1, "patience": 1.0, "pretrained": False, "pruner": "none",
 }
 
 

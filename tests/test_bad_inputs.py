@@ -247,9 +247,16 @@ CATALOGUE = [
     Case("unknown-backbone", with_set("search.backbones=[resnet_tiny]"),
          ["'search.backbones'", "resnet_tiny", "did you mean"]),
     Case("unknown-key", with_set("search.epoch=[3]"), ["unknown key 'search.epoch'", "allowed:"]),
-    Case("set-value-not-yaml", with_set("search.epochs=["), ["search.epochs=[", "close its brackets"]),
+    Case("set-value-not-yaml", with_set("search.steps=["), ["search.steps=[", "close its brackets"]),
     Case("spec-yaml-syntax", broken_yaml, ["competition.yaml line 4", "fix that line"]),
-    Case("patience-below-one", with_set("search.patience=0"), ["'search.patience'", "e.g. 4"]),
+    Case("patience-not-a-share", with_set("search.patience=4"), ["'search.patience'", "(0, 1]", "e.g. 0.3"]),
+    Case("mask-score-without-masks", with_set("search.families=[mask_score]"),
+         ["'search.families'", "mask_score trains on the defect masks", "train.masks"]),
+    Case("mask-score-multiclass", with_set("search.families=[mask_score]", builder="csv"),
+         ["'search.families'", "task multiclass offers classifier", "not mask_score"]),
+    Case("recipe-family-not-searched", with_set("search.recipes=[mask_unet_scratch]"),
+         ["'search.recipes'", "mask_unet_scratch trains the mask_score family", "search.families"]),
+    Case("epochs-retired", with_set("search.epochs=[30]"), ["'search.epochs' is no longer a key", "search.steps"]),
     Case("binary-with-three-classes", three_classes_binary, ["task binary needs 2 classes", "use task multiclass"]),
     Case("weights-file-missing", with_set("search.pretrained=nowhere.pth"),
          ["'search.pretrained'", "nowhere.pth", "give an existing file"]),
@@ -296,7 +303,7 @@ def test_refused_in_one_line_and_nothing_touched(case, tmp_path, class_folder_co
 
 def test_a_changed_fold_split_needs_a_new_run_dir(csv_competition, cli, tmp_path):
     comp, run_dir = csv_competition(), tmp_path / "run"
-    cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "search.epochs=[1]")
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "search.steps=[2]")
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "train.groups=[batch]", ok=False)
     assert "train.groups is ['batch'] but this study was started with ['batch', 'temp']" in result.output
     assert "train.groups" not in (run_dir / "options.json").read_text()  # a refused change is not remembered
@@ -344,19 +351,20 @@ def test_a_model_that_diverges_fails_its_trial(class_folder_competition, cli, tm
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "search.lr=[1e30, 1e30]",
-                 "--set", "search.weight_decay=[1e-30]", ok=False)
+                 "--set", "search.weight_decay=[1e-30]", "--set", "search.steps=[1]", ok=False)
     assert result.exit_code == 1 and "3 trials failed in a row" in result.output
     status = cli("status", comp, "--run-dir", run_dir).output
-    assert status.count(" fail ") == 3 and status.count("validation predictions at epoch 1 are not finite") == 3
+    assert status.count(" fail ") == 3 and status.count("validation predictions at step 1 are not finite") == 3
     assert "lower search.lr" in status
     assert "no complete trial" in cli("submit", comp, "--run-dir", run_dir, ok=False).output
 
 
+@pytest.mark.parametrize("metric", ["accuracy", "roc_auc"])  # roc_auc pools percentiles: NaN must not hide
 def test_trials_finished_with_nan_before_the_check_are_left_out_of_the_ensemble(class_folder_competition, cli,
-                                                                                tmp_path):
+                                                                                tmp_path, metric):
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
-    cli("search", comp, "--run-dir", run_dir, "--trials", "2")
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", f"metric={metric}")
     oof = run_dir / "trials" / "t0001" / "fold0" / "oof.npy"  # as an older harness would have kept it
     np.save(oof, np.full_like(np.load(oof), np.nan))
     out = cli("submit", comp, "--run-dir", run_dir).output

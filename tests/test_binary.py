@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import optuna
 import torch
 from PIL import Image
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 from conftest import TINY_SEARCH, draw, write_spec
 from harness.tasks.metrics import fit_threshold, youden_cutoff
@@ -18,6 +21,7 @@ from harness.training.feed import ArrayDataset, resident_images
 from harness.data import prepare_data
 from harness.training import trial_config
 from harness.training.fit import train_batches
+from harness.training.store import FoldResult, load_trial_folds, pool_folds
 
 
 def rows_drawn(imbalance, y, train_idx, epochs=3, on_device=False):
@@ -64,6 +68,32 @@ def test_youden_cutoff():
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
     threshold, sens, spec = youden_cutoff(y, p)
     assert threshold == pytest.approx(0.7) and sens == 0.75 and spec == 1.0
+
+
+def binary_fold(index, positive_scores, negative_scores, test_scores):
+    p1 = np.array(positive_scores + negative_scores)
+    test = np.array(test_scores)
+    return FoldResult(fold=0, score=0.0, val_index=np.array(index), oof=np.stack([1 - p1, p1], 1),
+                      test=np.stack([1 - test, test], 1), best_step=1, val_loss=0.0, seconds=0.0)
+
+
+def test_auc_pools_fold_models_on_percentiles_of_their_own_scores():
+    task = ClassificationTask([Head("label", ["0", "1"], "roc_auc", 0)])
+    y = np.array([[1], [1], [0], [0], [1], [1], [0], [0]])
+    # each fold model ranks its own fold perfectly, on its own scale: pooled raw, the second
+    # fold's positives (0.30, 0.35) sit below the first fold's negatives (0.60, 0.70)
+    folds = [binary_fold([0, 1, 2, 3], [0.90, 0.95], [0.60, 0.70], [0.80]),
+             binary_fold([4, 5, 6, 7], [0.30, 0.35], [0.10, 0.20], [0.25])]
+    raw = np.concatenate([f.oof for f in folds])
+    assert task.score(y, raw) < 0.8
+    oof, test = pool_folds(folds, 8, task)
+    assert task.score(y, oof) == 1.0
+    assert oof[:, 1].tolist() == [0.625, 0.875, 0.125, 0.375] * 2
+    # each test score as a percentile of its fold model's OOF scores, then averaged: 0.8 lies above
+    # two of the first fold's four, 0.25 above two of the second's
+    assert test[:, 1].tolist() == [0.5] and test[:, 0].tolist() == [0.5]
+    # the Youden cut-off lives on the same scale
+    assert task.fit_cutoffs(y, oof)[0]["label"] == 0.625
 
 
 @pytest.fixture
@@ -146,6 +176,13 @@ def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
     assert 'src="roc.png"' in page and "Youden index on OOF" in page and "true 1" in page
     sub = pd.read_csv(run_dir / "submission.csv")
     assert sub["answer"].between(0, 1).all() and len(sub) == 12
+    # the CV of status: ROC-AUC of each fold's OOF scores as mid-rank percentiles within the fold
+    labels = pd.read_csv(run_dir / "folds.csv")["label"].astype(int).to_numpy()
+    percentiles = np.zeros(len(labels))
+    for fold in load_trial_folds(open_run(comp, run_dir=str(run_dir)).paths, 0, 2):
+        percentiles[fold.val_index] = (rankdata(fold.oof[:, 1]) - 0.5) / len(fold.val_index)
+    study = optuna.load_study(study_name="tiny-defects", storage=f"sqlite:///{run_dir}/study.db")
+    assert study.trials[0].value == pytest.approx(roc_auc_score(labels, percentiles))
 
 
 def test_messy_files_load(tmp_path, cli):
@@ -199,6 +236,41 @@ def test_defect_masks_train_an_auxiliary_head(defects, cli, tmp_path):
     assert checkpoint["aux.weight"].shape == (1, 512, 1, 1) and "backbone.fc.weight" in checkpoint
     cli("submit", comp, "--run-dir", run_dir)
     assert pd.read_csv(run_dir / "submission.csv")["ImageId"].tolist() == order
+
+
+def test_the_mask_score_family_learns_from_the_masks_beside_the_classifiers(defects, cli, tmp_path):
+    comp, order = defects(masks="train/defect_masks", search={
+        "families": ["classifier", "mask_score"], "architectures": ["unet"], "aux_weight": [0.0]})
+    run_dir = tmp_path / "run"
+    out = cli("search", comp, "--run-dir", run_dir, "--trials", "2").output
+    # auto: a recipe for each family searched, the first trials of the study
+    assert "recipe scratch_small" in out and "recipe mask_unet_scratch" in out
+    study = optuna.load_study(study_name="tiny-defects", storage=f"sqlite:///{run_dir}/study.db")
+    classifier, masked = study.trials
+    assert classifier.params["family"] == "classifier" and classifier.params["backbone"] == "resnet10t"
+    assert masked.params["family"] == "mask_score" and masked.params["mask_model"] == "unet/resnet10t"
+    assert masked.params["imbalance"] == "oversample_d4" and "backbone" not in masked.params
+    config = json.loads((run_dir / "trials" / "t0001" / "config.json").read_text())
+    assert config["model_family"] == "smp_mask_score" and config["aux_weight"] == 1.0
+    assert all(np.isfinite(t.value) for t in study.trials)
+    cli("submit", comp, "--run-dir", run_dir)
+    submission = pd.read_csv(run_dir / "submission.csv")
+    assert submission["ImageId"].tolist() == order and set(submission["answer"]) <= {0, 1}
+
+
+def test_a_mask_score_model_scores_images_by_their_most_positive_pixels():
+    from harness.training.models import MODEL_FAMILIES
+
+    model = MODEL_FAMILIES.get("smp_mask_score")("unet/resnet10t", 2, 1).eval()
+    with torch.no_grad():
+        logits = model(torch.zeros(3, 1, 48, 48))
+        pixels = model.net(torch.zeros(3, 1, 48, 48))
+    assert logits.shape == (3, 2) and (logits[:, 0] == 0).all()
+    top = pixels.flatten(1).topk(11, dim=1).values.mean(1)  # 0.5 % of 48 × 48 pixels
+    assert torch.allclose(logits[:, 1], top)
+    model.train()
+    image_logits, pixel_logits = model(torch.zeros(2, 1, 48, 48))
+    assert image_logits.shape == (2, 2) and pixel_logits.shape == (2, 1, 48, 48)
 
 
 def test_masks_are_flipped_with_their_images():

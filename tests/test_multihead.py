@@ -49,8 +49,8 @@ def faces(tmp_path):
         "orientation": "fixed",
         "submission": {"file": "submission.csv", "id_column": "path", "columns": ["Corner", "Colour"],
                        "combined_column": "class"},
-        "search": {**TINY_SEARCH, "augment": ["none"], "loss": ["ce", "focal"], "epochs": [8],
-                   "lr": [3e-3, 3e-3], "patience": 8},
+        "search": {**TINY_SEARCH, "augment": ["none"], "loss": ["ce", "focal"], "steps": [32],
+                   "evals": 8, "lr": [3e-3, 3e-3]},
     }
     return write_spec(tmp_path / "faces-comp", spec), {t[0]: (t[2], t[1]) for t in test}
 

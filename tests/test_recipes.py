@@ -12,15 +12,15 @@ def trials(run_dir, name="tiny-folders"):
 
 def test_a_new_study_starts_from_the_recipe_within_its_space(class_folder_competition, cli, tmp_path):
     comp = class_folder_competition(search={"augment": ["none", "medium"], "loss": ["ce", "label_smoothing"],
-                                            "weight_decay": [1e-5, 1e-3], "epochs": [1, 2]})
+                                            "weight_decay": [1e-5, 1e-3], "steps": [2, 4]})
     out = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "2").output
     assert "recipe scratch_small: the first trial" in out
     first, second = trials(tmp_path / "run")
     # scratch_small as this space allows it: medium, label smoothing, lr 2e-3; weight decay 0.05
-    # clipped to the space's 1e-3, 150 epochs to the nearest offered (2), resnet18 to the only backbone
+    # clipped to the space's 1e-3, 3000 steps to the nearest offered (4), resnet18 to the only backbone
     assert first.params == {"backbone": "resnet10t", "image_size": 16, "augment": "medium",
                             "loss": "label_smoothing", "imbalance": "none", "lr": 2e-3, "weight_decay": 1e-3,
-                            "batch_size": 8, "epochs": 2}
+                            "batch_size": 8, "steps": 4}
     assert first.user_attrs["recipe"] == "scratch_small" and "recipe" not in second.user_attrs
     assert "recipe scratch_small" in cli("status", comp, "--run-dir", tmp_path / "run").output
     cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "3")  # a resume enqueues nothing again

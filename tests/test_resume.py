@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_mid_trial_then_resume(sig, class_folder_competition, cli, tmp_path):
     # 3 folds of a few epochs, so the kill lands after fold 0 and before the trial ends.
-    comp = class_folder_competition(per_class=24, search={"epochs": [3], "image_size": [32]},
+    comp = class_folder_competition(per_class=24, search={"steps": [6], "evals": 3, "image_size": [32]},
                                     extra={"folds": 3})
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "harness", "search", str(comp), "--run-dir", str(run_dir), "--trials", "2"]

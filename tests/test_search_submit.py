@@ -146,10 +146,10 @@ def test_bad_input_that_only_training_would_meet_is_refused_by_validate(class_fo
     comp = class_folder_competition()
     result = cli("validate", comp, "--set", "search.pretrained=nowhere/weights.pth", ok=False)
     assert "'search.pretrained': pretrained weights file nowhere/weights.pth does not exist" in result.output
-    result = cli("validate", comp, "--set", "search.epochs=[", ok=False)
-    assert "--set 'search.epochs=[': the value is not valid YAML" in result.output
-    assert "'search.patience': needs at least 1" in cli("validate", comp, "--set", "search.patience=0",
-                                                        ok=False).output
+    result = cli("validate", comp, "--set", "search.steps=[", ok=False)
+    assert "--set 'search.steps=[': the value is not valid YAML" in result.output
+    patience = cli("validate", comp, "--set", "search.patience=0", ok=False).output
+    assert "'search.patience': a share of the steps" in patience
     assert "'--trials': 0 is not in the range x>=1" in cli("search", comp, "--trials", "0", ok=False).output
     assert "Traceback" not in result.output
 
@@ -172,10 +172,10 @@ def test_overrides_of_search_are_remembered_by_the_run_dir(class_folder_competit
     cli("submit", comp, "--run-dir", run_dir, "--set", "submission.file=other.csv")
     assert (run_dir / "other.csv").is_file()
     # a later --set wins key by key; more trials continue the same study
-    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.epochs=[1]")
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.steps=[2]")
     assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE] * 2
     assert json.loads((run_dir / "options.json").read_text())["overrides"] == [
-        "folds=3", "search.lr=[0.002]", "search.epochs=[1]"]
+        "folds=3", "search.lr=[0.002]", "search.steps=[2]"]
     assert "folds.csv: has 3 folds, the spec asks 2" in cli(
         "search", comp, "--run-dir", run_dir, "--trials", "3", "--set", "folds=2", ok=False).output
 
@@ -193,8 +193,8 @@ def test_default_run_dir_remembers_too_and_a_stale_override_names_its_file(class
     assert "'search.loss': unknown value 'hinge'" in out and "options.json" in out
 
 
-@PRUNERS.register("test_prune_after_first_fold", per_epoch=False)
-def prune_after_first_fold():
+@PRUNERS.register("test_prune_after_first_fold", per_eval=False)
+def prune_after_first_fold(search):
     """Prunes every trial at its first report (every score is above -1)."""
     return optuna.pruners.ThresholdPruner(upper=-1.0)
 

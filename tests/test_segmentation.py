@@ -16,7 +16,7 @@ from harness.tasks.pixels import dice, fit_pixel_threshold
 
 SEARCH = {"backbones": ["resnet10t"], "architectures": ["unet", "fpn"], "image_size": [32],
           "augment": ["light"], "loss": ["bce_dice", "dice"], "imbalance": ["none"], "lr": [3e-3],
-          "weight_decay": [1e-5], "batch_size": [4], "epochs": [2], "patience": 2, "pretrained": False,
+          "weight_decay": [1e-5], "batch_size": [4], "steps": [4], "evals": 2, "patience": 1.0, "pretrained": False,
           "pruner": "none"}
 
 
@@ -213,7 +213,7 @@ def test_images_larger_than_the_tile_are_predicted_in_tiles(volume, cli, tmp_pat
     monkeypatch.setattr(seg, "tiled_logits", lambda *a: calls.append(a[1].shape) or original(*a))
     run_dir = tmp_path / "run"
     cli("search", volume, "--run-dir", run_dir, "--trials", "1", "--set", "tile_size=32",
-        "--set", "search.architectures=[unet]", "--set", "search.epochs=[1]")
+        "--set", "search.architectures=[unet]", "--set", "search.steps=[2]")
     assert calls and all(shape[-2:] == (48, 48) for shape in calls)  # OOF and test slices, in 32-px tiles
     assert np.load(run_dir / "trials" / "t0000" / "fold0" / "oof.npy").shape == (4, 48, 48)
     cli("submit", volume, "--run-dir", run_dir)

@@ -8,8 +8,8 @@ from harness import SpecError, load_competition, open_run
 
 def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
     comp = class_folder_competition()
-    edit(comp, search__epoch=[3])
-    with pytest.raises(SpecError, match=r"unknown key 'search.epoch' \(allowed: backbones, .*epochs"):
+    edit(comp, search__step=[3])
+    with pytest.raises(SpecError, match=r"unknown key 'search.step' \(allowed: backbones, .*steps"):
         load_competition(comp)
 
 
@@ -43,9 +43,9 @@ def test_unknown_backbone_is_refused_with_suggestions(class_folder_competition):
 
 def test_overrides_set_any_field_by_dotted_path(class_folder_competition):
     spec = load_competition(class_folder_competition(),
-                            ["folds=3", "search.epochs=2", "search.image_size=[24, 32]"])
+                            ["folds=3", "search.steps=2", "search.image_size=[24, 32]"])
     assert spec.folds == 3
-    assert spec.search.epochs == [2]
+    assert spec.search.steps == [2]
     assert spec.search.image_size == [24, 32]
 
 

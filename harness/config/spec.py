@@ -84,8 +84,12 @@ class SearchSpace:
     lr: List[float] = field(default_factory=lambda: [1e-4, 3e-3])  # [low, high], log scale
     weight_decay: List[float] = field(default_factory=lambda: [1e-6, 1e-2])  # [low, high], log
     batch_size: List[int] = field(default_factory=lambda: [32])
-    epochs: List[int] = field(default_factory=lambda: [15])
-    patience: int = 4  # early stopping, in epochs without a better validation metric
+    # a fold's training, in optimizer steps (searched): enough on 16 slices as on 1,000 images,
+    # which epochs are not; the learning rate warms up, then follows a cosine over them
+    steps: List[int] = field(default_factory=lambda: [2000])
+    evals: int = 20  # validations per fold, evenly spaced over its steps: best weights, early stop, pruning
+    patience: float = 1.0  # early stopping: share of the steps without a better validation metric (1: off)
+    prune_warmup: float = 0.3  # share of the first fold's steps before a trial may be pruned
     pretrained: Union[bool, str] = True  # true: timm hub / offline cache; a path: local weights
     pruner: str = field(default="median", metadata=_choices("harness.search.pruners:PRUNERS"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
@@ -96,6 +100,11 @@ class SearchSpace:
     compile: bool = False  # torch.compile each model (slow start, faster steps on a GPU)
     # with train.masks on a classification task: weight of the auxiliary mask loss (0: not used)
     aux_weight: List[float] = field(default_factory=lambda: [0.0, 0.5])
+    # classification model families: classifier (a timm backbone, + the auxiliary mask head when
+    # aux_weight > 0); mask_score (binary, train.masks: an smp model of search.architectures on the
+    # backbones, trained on the masks, scoring an image by its most defect-like pixels)
+    families: List[str] = field(default_factory=lambda: ["classifier"],
+                                metadata={"choices": ["classifier", "mask_score"]})
     # the first trials of a new study (`harness list recipes`); auto: the one for the task and weights
     recipes: List[str] = field(default_factory=lambda: ["auto"], metadata={"may_be_empty": True})
 
@@ -155,8 +164,10 @@ class Competition:
 
     @property
     def uses_aux_masks(self) -> bool:
-        """Whether trials may train the auxiliary mask head: masks declared and a weight above 0 searched."""
-        return self.declares_aux_masks and max(self.search.aux_weight) > 0
+        """Whether trials may train on the masks: declared, and an auxiliary weight above 0 or the
+        mask_score family searched."""
+        searched = max(self.search.aux_weight) > 0 or "mask_score" in self.search.families
+        return self.declares_aux_masks and searched
 
 
 def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:

@@ -16,6 +16,10 @@ from ..errors import SpecError
 if TYPE_CHECKING:
     from .spec import Competition
 
+# keys of earlier versions: what replaced them
+RETIRED = {"search.epochs": "budgets are optimizer steps now: write search.steps, e.g. [2000] "
+                            "(an epoch is images / batch_size steps)"}
+
 
 def build(cls: type, raw: Any, where: str) -> Any:
     """`cls` (a spec dataclass) from its YAML mapping; every key checked, one line per mistake."""
@@ -25,9 +29,10 @@ def build(cls: type, raw: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = [k for k in raw if k not in fields]
     if unknown:
-        raise SpecError(
-            f"unknown key '{_join(where, unknown[0])}' (allowed: {', '.join(fields)})"
-        )
+        key = _join(where, unknown[0])
+        if key in RETIRED:
+            raise SpecError(f"'{key}' is no longer a key: {RETIRED[key]}")
+        raise SpecError(f"unknown key '{key}' (allowed: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)
@@ -120,12 +125,16 @@ def check_consistency(spec: "Competition", path: Path) -> None:
         values = getattr(s, key)
         if len(values) > 2 or min(values) <= 0:
             raise SpecError(f"{path}: 'search.{key}': expected [low, high] > 0, got {values}")
-    for key in ("image_size", "batch_size", "epochs"):
+    for key in ("image_size", "batch_size", "steps"):
         if min(getattr(s, key)) < 1:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
-    if s.patience < 1:
-        raise SpecError(f"{path}: 'search.patience': needs at least 1, got {s.patience}: count it in epochs, "
-                        "e.g. 4")
+    if s.evals < 1:
+        raise SpecError(f"{path}: 'search.evals': needs at least 1, got {s.evals}: validations per fold, e.g. 20")
+    if not 0 < s.patience <= 1:
+        raise SpecError(f"{path}: 'search.patience': a share of the steps in (0, 1], got {s.patience}: "
+                        "e.g. 0.3 (1: no early stopping)")
+    if not 0 <= s.prune_warmup < 1:
+        raise SpecError(f"{path}: 'search.prune_warmup': a share of the steps in [0, 1), got {s.prune_warmup}")
     if min(s.aux_weight) < 0:
         raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
     _check_recipes(spec, path)
@@ -162,6 +171,13 @@ def _check_recipes(spec: "Competition", path: Path) -> None:
                 RECIPES.check(name, "search.recipes")
             except SpecError as err:
                 raise SpecError(f"{path}: {err}: or auto") from None
+            recipe = RECIPES.get(name)
+            if spec.task not in recipe.tasks:
+                raise SpecError(f"{path}: 'search.recipes': {name} is for task {' or '.join(recipe.tasks)}, "
+                                f"not {spec.task}")
+            if recipe.family is not None and recipe.family not in spec.search.families:
+                raise SpecError(f"{path}: 'search.recipes': {name} trains the {recipe.family} family: "
+                                f"add it to search.families")
 
 
 def _check_backbones(names: List[str], path: Path) -> None:

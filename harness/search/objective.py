@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from ..config.paths import Run, atomic_write_text
 from ..data.prepare import SearchData
@@ -25,8 +26,8 @@ from ..errors import fault_line, is_machine_fault
 from ..training.config import TrialConfig
 from ..training.device import device
 from ..training.fit import fit_fold
-from ..training.store import FoldResult, artifact_owner, assemble_oof, load_fold
-from .pruners import FOLD_STEP, PRUNERS
+from ..training.store import FoldResult, artifact_owner, load_fold, pool_folds
+from .pruners import FOLD_STEP, PRUNERS, progress_step
 from .space import suggest_config
 
 
@@ -35,7 +36,7 @@ class Objective:
 
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
         self.run, self.data, self.echo = run, data, echo
-        self.per_epoch = PRUNERS.get(run.spec.search.pruner).per_epoch
+        self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -49,7 +50,7 @@ class Objective:
             trial.set_user_attr("artifacts", owner)
             atomic_write_text(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner)
-            oof = assemble_oof(results, len(self.data.fold))
+            oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
             if len(self.data.task.heads) > 1:
                 trial.set_user_attr("head_scores", self.data.task.head_scores(self.data.y, oof))
@@ -89,36 +90,55 @@ class Objective:
             out = self.run.paths.fold(owner, k)
             result = load_fold(out, cfg.digest())
             if result is None:
-                on_epoch = self._epoch_reporter(trial) if k == 0 and self.per_epoch else None
+                on_eval = self._eval_reporter(trial, cfg) if k == 0 and self.per_eval else None
                 result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
-                                  np.flatnonzero(fold == k), test_images, k, out, on_epoch,
+                                  np.flatnonzero(fold == k), test_images, k, out, on_eval,
                                   record={"test_hash": self.data.test_hash}, aux_masks=aux_masks)
             results.append(result)
             self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
                       f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
-                                               f" (best epoch {result.best_epoch}, {result.seconds:.0f} s)"))
+                                               f" (best at step {result.best_step}, {result.seconds:.0f} s)"))
             trial.set_user_attr("fold_scores", [r.score for r in results])
             trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
             self._report_fold(trial, results)
         return results
 
-    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, float], None]:
-        def report(epoch: int, score: float) -> None:
+    def _eval_reporter(self, trial: optuna.Trial, cfg: TrialConfig) -> Callable[[float, float], None]:
+        def report(progress: float, score: float) -> None:
             if np.isnan(score):
                 return
-            trial.report(score, epoch)
+            step = progress_step(progress)
+            trial.report(score, step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} of fold 0")
+                where = f"at {step}% of fold 1 (step {round(progress * cfg.steps)} of {cfg.steps})"
+                self._prune(trial, where, score, step)
         return report
 
     def _report_fold(self, trial: optuna.Trial, results: List[FoldResult]) -> None:
         scores = [r.score for r in results]
-        if self.per_epoch:
-            trial.report(float(np.nanmean(scores)), FOLD_STEP + len(results) - 1)
+        if self.per_eval:
+            step, value = FOLD_STEP + len(results) - 1, float(np.nanmean(scores))
         else:
-            trial.report(scores[-1], len(results) - 1)
+            step, value = len(results) - 1, scores[-1]
+        trial.report(value, step)
         if len(results) < self.run.spec.folds and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after fold {len(results) - 1}")
+            self._prune(trial, f"after fold {len(results)} of {self.run.spec.folds}", value, step)
+
+    def _prune(self, trial: optuna.Trial, where: str, value: float, step: int) -> None:
+        """Stop the trial, saying at what progress and against what (stored as `pruned`, shown by status)."""
+        reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(trial.study, trial.number, step)
+        trial.set_user_attr("pruned", reason)
+        raise optuna.TrialPruned(reason)
+
+
+def against(study: optuna.Study, number: int, step: int) -> str:
+    """What a report at `step` is compared with: the other finished trials' median and best there."""
+    others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.PRUNED)) if t.number != number and step in t.intermediate_values]
+    if not others:
+        return ""
+    best = min(others) if study.direction == optuna.study.StudyDirection.MINIMIZE else max(others)
+    return f" vs median {np.median(others):.4f}, best {best:.4f} of {len(others)} trials at the same point"
 
 
 def _quietly(call: Callable, *args) -> None:

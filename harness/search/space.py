@@ -9,6 +9,7 @@ from ..config.paths import Run
 from ..data.prepare import SearchData
 from ..training.config import TrialConfig
 from ..training.device import default_workers
+from ..training.models import MASK_SCORE_WEIGHT
 from ..training.recipes import RECIPES, projected, recipe_names
 
 
@@ -18,8 +19,13 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     heads = data.task.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
     backbone, family = data.task.suggest_model(trial, s, data.channels)
-    aux_weight = trial.suggest_categorical("aux_weight", s.aux_weight) if run.spec.uses_aux_masks else 0.0
-    family = "timm_aux_mask" if aux_weight else family
+    if family == "smp_mask_score":
+        aux_weight = MASK_SCORE_WEIGHT  # the masks are what this family learns from
+    elif run.spec.declares_aux_masks and max(s.aux_weight) > 0:
+        aux_weight = trial.suggest_categorical("aux_weight", s.aux_weight)
+        family = "timm_aux_mask" if aux_weight else family
+    else:
+        aux_weight = 0.0
     return TrialConfig(
         backbone=backbone, model_family=family,
         image_size=trial.suggest_categorical("image_size", s.image_size),
@@ -29,8 +35,8 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         lr=trial.suggest_float("lr", min(s.lr), max(s.lr), log=True),
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
         batch_size=trial.suggest_categorical("batch_size", s.batch_size),
-        epochs=trial.suggest_categorical("epochs", s.epochs),
-        patience=s.patience, pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
+        steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience,
+        pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.task.width,
         num_workers=default_workers() if s.num_workers is None else s.num_workers,
@@ -42,10 +48,25 @@ def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData) -> List[str
     """Enqueue the spec's recipes as the first trials of a new study; their names (none on a resume)."""
     if study.get_trials(deepcopy=False):
         return []
-    probe = optuna.create_study().ask()  # in memory: the space's keys and choices, as trials draw them
-    suggest_config(probe, run, data)
     names = recipe_names(run.spec)
     for name in names:
-        study.enqueue_trial(projected(RECIPES.get(name)(run.spec), probe.distributions),
-                            user_attrs={"recipe": name})
+        study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data), user_attrs={"recipe": name})
     return names
+
+
+def recipe_params(recipe: dict, run: Run, data: SearchData) -> dict:
+    """The recipe projected onto the keys a trial of its path draws: which keys a trial draws can
+    depend on a drawn value (the family), so the projection is repeated on a probe trial that
+    takes the projected values, until it no longer changes."""
+    params: dict = {}
+    for _ in range(4):
+        probe_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # in memory
+        if params:
+            probe_study.enqueue_trial(params)
+        probe = probe_study.ask()
+        suggest_config(probe, run, data)
+        new = projected(recipe, probe.distributions)
+        if new == params:
+            break
+        params = new
+    return params

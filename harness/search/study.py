@@ -57,7 +57,7 @@ def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> 
         return study
     run.remember_storage()
     study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
-                                direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)())
+                                direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)(run.spec.search))
     # The same seed in every process would draw a resumed study's first parameters again; offset
     # by the trials the study holds, a fresh study and each resume are still repeatable.
     study.sampler = optuna.samplers.TPESampler(seed=run.spec.seed + len(study.get_trials(deepcopy=False)),

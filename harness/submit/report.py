@@ -21,7 +21,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         folds = t.user_attrs.get("fold_scores", [])
-        note = t.user_attrs.get("fail_reason", "")
+        note = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("pruned", "")
         if t.user_attrs.get("recipe"):
             note = (note + f" recipe {t.user_attrs['recipe']}").strip()
         if t.user_attrs.get("retry_of") is not None:

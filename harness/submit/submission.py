@@ -14,7 +14,7 @@ from ..errors import SpecError
 from ..search.study import open_study
 from ..training.config import TrialConfig
 from ..training.predict import predict_from_checkpoint
-from ..training.store import assemble_oof, load_trial_folds, read_done
+from ..training.store import load_trial_folds, pool_folds, read_done
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .report import leaderboard, oof_lines, oof_report, write_report_page
@@ -71,12 +71,12 @@ def load_trial_predictions(run: Run, study, data: SearchData,
         if folds is None:
             continue  # its files were removed by hand: skip rather than guess
         tests = [_test_predictions(run, data, owner, f.fold, f.test) for f in folds]
-        pred = TrialPredictions(number=t.number, cv=t.value, oof=assemble_oof(folds, n_train),
-                                test=np.mean(tests, axis=0))
-        if not (np.isfinite(pred.oof).all() and np.isfinite(pred.test).all()):
+        # checked before pooling: percentiles of NaN scores would look finite
+        if not all(np.isfinite(f.oof).all() and np.isfinite(test).all() for f, test in zip(folds, tests)):
             echo(f"trial {t.number} left out: its predictions are not finite (the model diverged)")
             continue
-        preds.append(pred)
+        oof, test = pool_folds(folds, n_train, data.task, tests)
+        preds.append(TrialPredictions(number=t.number, cv=t.value, oof=oof, test=test))
     return preds
 
 

@@ -70,6 +70,7 @@ class Task(Protocol):
     def nll(self, y: np.ndarray, proba: np.ndarray) -> float: ...
     def stratify_key(self, y: np.ndarray) -> np.ndarray: ...  # one class index per row, for sampling
     def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray, youden: bool = True) -> Tuple[Dict, Dict]: ...
+    def common_scale(self, oof: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]: ...  # pooling
     def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str,
              batch_size: int) -> "nn.Module": ...
     def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
@@ -83,6 +84,16 @@ class Task(Protocol):
     def check_buildable(self, search: Any, channels: int) -> None: ...  # SpecError if no model builds
 
 
+def check_architectures(spec: "Competition", path: Path) -> None:
+    """search.architectures must name smp decoders."""
+    from ..training.models import architectures
+
+    unknown = [a for a in spec.search.architectures if a not in architectures()]
+    if unknown:
+        raise SpecError(f"{path}: 'search.architectures': unknown value {unknown[0]!r} "
+                        f"(allowed: {', '.join(architectures())})")
+
+
 class TaskType:
     """The class side of a task: its registries and the rules of the spec and data it accepts."""
 
@@ -91,6 +102,7 @@ class TaskType:
     masks_are_labels = False  # segmentation: train.masks are the targets, not an auxiliary head
     writes_probability = False  # submission.value: probability is allowed
     mask_submission = False  # writes masks (tiff, png_folder, rle_csv) rather than a csv of labels
+    families: Tuple[str, ...] = ("classifier",)  # what search.families may name
     defaults: Dict[str, Dict[str, Any]] = {}  # section → key → value, where the spec says nothing
 
     @classmethod

@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import SpecError
-from .base import TASKS, Head, Thresholds, TaskType
-from .losses import LOSSES
-from .metrics import METRICS, fit_threshold, predict_labels, youden_cutoff
+from .base import TASKS, Head, TaskType, Thresholds, check_architectures
+from .losses import LOSSES, MultiHeadLoss
+from .metrics import METRICS, fit_threshold, fold_percentiles, predict_labels, youden_cutoff
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +85,20 @@ class ClassificationTask(TaskType):
             return y[:, 0]
         return np.unique(y, axis=0, return_inverse=True)[1].ravel()
 
+    def common_scale(self, oof: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One fold model's OOF and test predictions, each head whose metric ranks (ROC-AUC) put
+        into percentiles of the fold's OOF scores (metrics.py); a binary head keeps 1 - p beside p."""
+        oof, test = oof.copy(), test.copy()
+        for head in self.heads:
+            if getattr(METRICS.get(head.metric), "ranks", False):
+                cols = slice(head.offset + 1, head.offset + 2) if head.binary else head.cols
+                ref = oof[:, cols].copy()
+                oof[:, cols], test[:, cols] = fold_percentiles(ref, ref), fold_percentiles(ref, test[:, cols])
+                if head.binary:
+                    p1 = head.offset + 1
+                    oof[:, head.offset], test[:, head.offset] = 1 - oof[:, p1], 1 - test[:, p1]
+        return oof, test
+
     def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray,
                     youden: bool = True) -> Tuple[Dict[str, float], Dict[str, str]]:
         """Per binary head: the OOF-optimal threshold for a label metric, else (if `youden`) the Youden cut-off."""
@@ -110,7 +124,7 @@ class ClassificationTask(TaskType):
             weight = IMBALANCE.get(imbalance)(y_train[:, i], len(head.classes), batch_size,
                                               torch.Generator()).class_weight
             losses.append(LOSSES.get(name)(None if weight is None else torch.tensor(weight)))
-        return MultiHeadLoss(self, losses)
+        return MultiHeadLoss(self.heads, losses)
 
     def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
                       policy, size: int, drawing, aux_masks: Optional[np.ndarray] = None) -> Dataset:
@@ -136,8 +150,21 @@ class ClassificationTask(TaskType):
         return load_resized(frame["path"].tolist(), size, channels, cache)
 
     def suggest_model(self, trial, search, channels: int) -> Tuple[str, str]:
-        """(model name, model family) for one trial."""
+        """(model name, model family) for one trial: a timm backbone, or for the mask_score family
+        an 'architecture/encoder' among the combinations that build."""
+        from ..training.models import buildable_models
+
+        families = search.families
+        family = families[0] if len(families) == 1 else trial.suggest_categorical("family", families)
+        if family == "mask_score":
+            return trial.suggest_categorical("mask_model", buildable_models(search, channels)), "smp_mask_score"
         return trial.suggest_categorical("backbone", search.backbones), "timm_classifier"
+
+    def check_buildable(self, search, channels: int) -> None:
+        if "mask_score" in search.families:
+            from ..training.models import buildable_models
+
+            buildable_models(search, channels)
 
     def summary_lines(self, samples, y: np.ndarray) -> List[str]:
         """Class counts per head, as `harness validate` prints them."""
@@ -190,6 +217,15 @@ class ClassificationTask(TaskType):
         super().check_spec(spec, path)
         if spec.fold_by != "stratified":
             raise SpecError(f"{path}: 'fold_by': {spec.fold_by} is for task segmentation")
+        for family in spec.search.families:
+            if family not in cls.families:
+                raise SpecError(f"{path}: 'search.families': task {spec.task} offers {', '.join(cls.families)}, "
+                                f"not {family} (mask_score scores binary tasks)")
+        if "mask_score" in spec.search.families:
+            if not spec.declares_aux_masks:
+                raise SpecError(f"{path}: 'search.families': mask_score trains on the defect masks: set "
+                                "train.masks to their folder (file stems as the images')")
+            check_architectures(spec, path)
 
 
 @TASKS.register("multiclass")
@@ -202,6 +238,7 @@ class BinaryTask(ClassificationTask):
     """Two classes, the positive one last; a cut-off is fitted on OOF."""
 
     writes_probability = True
+    families = ("classifier", "mask_score")
 
     @classmethod
     def ordered_classes(cls, labels: "pd.Series", spec: "Competition") -> List[str]:
@@ -251,16 +288,3 @@ class MultiheadTask(ClassificationTask):
 
 def _natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
-
-
-class MultiHeadLoss(nn.Module):
-    """Each head's own loss on its columns, summed with the heads' loss weights."""
-
-    def __init__(self, targets: ClassificationTask, losses: List[nn.Module]) -> None:
-        super().__init__()
-        self.targets = targets
-        self.losses = nn.ModuleList(losses)
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
-                   for i, (h, loss) in enumerate(zip(self.targets.heads, self.losses)))

@@ -1,13 +1,16 @@
 """Classification losses: one registered factory `(class_weight) -> loss(logits, y)` each."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .base import Head
 
 LOSSES = Registry("loss")
 
@@ -77,3 +80,16 @@ class AuxMaskLoss(nn.Module):
         cells = F.adaptive_max_pool2d(mask.float(), mask_logits.shape[-2:])
         aux = F.binary_cross_entropy_with_logits(mask_logits.float(), cells)
         return self.class_loss(logits, y) + self.weight * aux
+
+
+class MultiHeadLoss(nn.Module):
+    """Each head's own loss on its columns, summed with the heads' loss weights."""
+
+    def __init__(self, heads: List["Head"], losses: List[nn.Module]) -> None:
+        super().__init__()
+        self.heads = heads
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
+                   for i, (h, loss) in enumerate(zip(self.heads, self.losses)))

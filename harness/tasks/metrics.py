@@ -2,6 +2,12 @@
 
 `proba` is N×C class probabilities. Label metrics turn them into labels by argmax, or for
 binary tasks by `proba[:, 1] >= threshold` (the threshold is fitted on OOF at ensemble time).
+
+A metric registered with `ranks=True` (ROC-AUC) judges only the order of the scores. Fold models
+score on scales of their own (one fold's positives at 0.6, another's at 0.95), so pooled OOF
+scores would mix them: for such a metric each fold's scores are first replaced by their
+percentile among that fold's OOF scores, test scores by their percentile among the same OOF
+scores (`fold_percentiles`), and CV, ensemble and cut-off all work on that common scale.
 """
 from __future__ import annotations
 
@@ -44,16 +50,30 @@ def macro_f1(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None
                               zero_division=0))
 
 
-@METRICS.register("roc_auc", direction="maximize", uses_threshold=False)
+@METRICS.register("roc_auc", direction="maximize", uses_threshold=False, ranks=True)
 def roc_auc(y: np.ndarray, proba: np.ndarray, threshold: Optional[float] = None) -> float:
-    """Area under the ROC curve (binary), or one-vs-rest macro AUC (multiclass)."""
+    """Area under the ROC curve (binary), or one-vs-rest macro AUC (multiclass); fold models'
+    scores pooled as percentiles within their fold."""
     if len(np.unique(y)) < 2:
         return float("nan")
     if proba.shape[1] == 2:
         return float(skm.roc_auc_score(y, proba[:, 1]))
     if len(np.unique(y)) < proba.shape[1]:
         return float("nan")
-    return float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=np.arange(proba.shape[1])))
+    # sklearn's macro one-vs-rest, without its rows-sum-to-1 check: percentile columns do not
+    return float(np.mean([skm.roc_auc_score(y == c, proba[:, c]) for c in range(proba.shape[1])]))
+
+
+def fold_percentiles(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's mid-rank percentile (0..1) among `reference`, a fold's OOF scores, column by
+    column: a fold's OOF scores against themselves, its test scores against its OOF scores."""
+    out = np.empty(values.shape, dtype=np.float32)
+    for j in range(values.shape[1]):
+        ref = np.sort(reference[:, j])
+        below = np.searchsorted(ref, values[:, j], side="left")
+        upto = np.searchsorted(ref, values[:, j], side="right")
+        out[:, j] = (below + upto) / (2.0 * len(ref))
+    return out
 
 
 @METRICS.register("log_loss", direction="minimize", uses_threshold=False)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import SpecError
-from .base import TASKS, Head, TaskType
+from .base import TASKS, Head, TaskType, check_architectures
 from .pixels import SEG_LOSSES, SEG_METRICS, fit_pixel_threshold
 
 if TYPE_CHECKING:
@@ -125,6 +125,10 @@ class SegmentationTask(TaskType):
     def stratify_key(self, y: np.ndarray) -> np.ndarray:
         return np.zeros(len(y), dtype=int)
 
+    def common_scale(self, oof: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Pixel metrics judge probabilities as they are: fold models pool unchanged."""
+        return oof, test
+
     def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray, youden: bool = True):
         threshold, _ = fit_pixel_threshold(self.metric, y, oof)
         return {"mask": threshold}, {"mask": f"best OOF {self.metric}"}
@@ -166,12 +170,10 @@ class SegmentationTask(TaskType):
     @classmethod
     def check_spec(cls, spec: "Competition", path: Path) -> None:
         super().check_spec(spec, path)
-        from ..training.models import architectures
-
-        unknown = [a for a in spec.search.architectures if a not in architectures()]
-        if unknown:
-            raise SpecError(f"{path}: 'search.architectures': unknown value {unknown[0]!r} "
-                            f"(allowed: {', '.join(architectures())})")
+        check_architectures(spec, path)
+        if spec.search.families != ["classifier"]:
+            raise SpecError(f"{path}: 'search.families' is for classification tasks: segmentation searches "
+                            "search.architectures × search.backbones")
         for key in ("positive_value", "negative_value"):
             value = getattr(spec, key)
             if value is not None and not 0 <= value <= 255:

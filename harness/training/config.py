@@ -23,8 +23,9 @@ class TrialConfig:
     lr: float
     weight_decay: float
     batch_size: int
-    epochs: int
-    patience: int
+    steps: int  # optimizer steps of one fold
+    evals: int  # validations, evenly spaced over the steps
+    patience: float  # share of the steps without a better validation metric that stops the fold
     pretrained: Union[bool, str]
     tta: bool
     seed: int
@@ -48,7 +49,7 @@ class TrialConfig:
 
 # a small CPU-sized trial: what tests and benchmarks start from, changing what they measure
 SMALL = dict(backbone="resnet10t", image_size=32, augment="none", loss=["ce"], imbalance="none", lr=1e-3,
-             weight_decay=1e-5, batch_size=8, epochs=1, patience=1, pretrained=False, tta=False, seed=0,
+             weight_decay=1e-5, batch_size=8, steps=4, evals=1, patience=1.0, pretrained=False, tta=False, seed=0,
              channels=1, orientation="hflip", metric="accuracy", num_classes=2)
 
 

@@ -1,17 +1,18 @@
 """Fit one fold: a trial config + decoded images + a fold split → OOF and test predictions on disk.
 
 What a fold does, in order (one function each): `set_up` the model, loss, batches and optimiser;
-`train_epochs`, validating after each and keeping the best weights, stopping early; `predict_fold`
+`train_steps`, validating at evenly spaced steps and keeping the best weights, stopping early; `predict_fold`
 with the best weights (flip TTA); then `store.save_fold` writes it, `done.json` last.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from .store import FoldResult, save_fold
 if TYPE_CHECKING:
     from ..tasks.base import Task
 
-EpochCallback = Callable[[int, float], None]
+EvalCallback = Callable[[float, float], None]
 
 
 @dataclass
@@ -53,7 +54,7 @@ class FoldSetup:
 
 def fit_fold(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
              val_idx: np.ndarray, test_images: np.ndarray, fold: int, out: FoldPaths,
-             on_epoch: Optional[EpochCallback] = None, record: Optional[dict] = None,
+             on_eval: Optional[EvalCallback] = None, record: Optional[dict] = None,
              aux_masks: Optional[np.ndarray] = None) -> FoldResult:
     """Train on `train_idx`, early-stop on the metric over `val_idx`, save and return predictions.
 
@@ -63,8 +64,8 @@ def fit_fold(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, 
     """
     start = time.time()
     setup = set_up(cfg, task, images, y, train_idx, fold, aux_masks)
-    history, best_epoch = train_epochs(cfg, task, setup, y, val_idx, on_epoch)
-    result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, best_epoch, start)
+    history, best_step = train_steps(cfg, task, setup, y, val_idx, on_eval)
+    result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, best_step, start)
     feed = {"augmented_on": "device" if setup.val_images is not images else "workers"}  # what `auto` chose
     save_fold(out, result, setup.model, pd.DataFrame(history), cfg.digest(), {**(record or {}), **feed})
     return result
@@ -92,7 +93,7 @@ def set_up(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, tr
         torch._dynamo.reset()  # a fresh model per fold: old graphs would count towards the recompile limit
     net = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * len(batches)))
+    schedule = warmup_cosine(optimizer, cfg.steps)
     amp = amp_dtype(dev)
     return FoldSetup(model=model, net=net, loss_fn=loss_fn.to(dev), batches=batches, optimizer=optimizer,
                      schedule=schedule, scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16),
@@ -101,43 +102,56 @@ def set_up(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, tr
                      val_images=images if resident is None else resident)
 
 
-def train_epochs(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
-                 on_epoch: Optional[EpochCallback]) -> Tuple[List[dict], int]:
-    """Train up to `cfg.epochs`, validating after each; the model ends with its best weights.
+def eval_points(steps: int, evals: int) -> List[int]:
+    """The optimizer steps after which a fold is validated: `evals` of them, evenly spaced, the last
+    at `steps` (fewer when there are fewer steps)."""
+    return sorted({max(1, round(steps * k / evals)) for k in range(1, evals + 1)})
 
-    Returns the per-epoch history and the best epoch (0-based). Best: the better metric, or on a tie
-    the lower validation loss; `cfg.patience` epochs without one stop the fold.
+
+def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
+                on_eval: Optional[EvalCallback]) -> Tuple[List[dict], int]:
+    """Train `cfg.steps` optimizer steps, validating at `eval_points`; the model ends with its best weights.
+
+    Returns the history (one row per validation) and the best step. Best: the better metric, or on
+    a tie the lower validation loss; `cfg.patience` of the steps without one stop the fold.
+    `on_eval(progress, score)` is told the share of the steps done (0..1] after each validation.
     """
     history: List[dict] = []
-    best_score, best_loss, best_epoch, best_state, stale = None, math.inf, -1, None, 0
-    for epoch in range(cfg.epochs):
+    best_score, best_loss, best_step, best_state = None, math.inf, 0, None
+    stream = itertools.chain.from_iterable(iter(s.batches) for _ in itertools.count())  # epoch after epoch
+    done = 0
+    for at in eval_points(cfg.steps, cfg.evals):
         t0 = time.time()
-        train_loss = _train_one_epoch(s, cfg, epoch)
+        train_loss = _train_steps(s, stream, at - done, cfg, at)
+        done = at
         proba = s.predict(s.val_images, val_idx, ["id"])
-        check_finite(proba, f"validation predictions at epoch {epoch + 1}", cfg)
+        check_finite(proba, f"validation predictions at step {at}", cfg)
         val_loss, score = task.nll(y[val_idx], proba), task.score(y[val_idx], proba)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                        cfg.metric: score, "seconds": round(time.time() - t0, 3)})
-        tie = score == best_score or (best_score is not None and np.isnan(score) and np.isnan(best_score))
-        if is_better(score, best_score, task.direction) or (tie and val_loss < best_loss) or best_state is None:
-            best_score, best_loss, best_epoch, stale = score, val_loss, epoch, 0
+        history.append({"step": at, "epoch": round(at / len(s.batches), 2), "train_loss": train_loss,
+                        "val_loss": val_loss, cfg.metric: score, "seconds": round(time.time() - t0, 3)})
+        if best_state is None or improves(score, val_loss, best_score, best_loss, task.direction):
+            best_score, best_loss, best_step = score, val_loss, at
             best_state = copy.deepcopy(s.model.state_dict())
-        else:
-            stale += 1
-        if on_epoch is not None:
-            on_epoch(epoch, score)
-        if stale >= cfg.patience:
+        if on_eval is not None:
+            on_eval(at / cfg.steps, score)
+        if cfg.patience < 1 and at - best_step >= cfg.patience * cfg.steps:
             break
     s.model.load_state_dict(best_state)
-    return history, best_epoch
+    return history, best_step
 
 
-def _train_one_epoch(s: FoldSetup, cfg: TrialConfig, epoch: int) -> float:
-    """One pass over the training batches; the mean loss (one sync per epoch)."""
+def improves(score: float, loss: float, best_score: Optional[float], best_loss: float, direction: str) -> bool:
+    """Whether a validation beats the best so far: a better metric, or on a tie a lower loss."""
+    tie = score == best_score or (best_score is not None and np.isnan(score) and np.isnan(best_score))
+    return is_better(score, best_score, direction) or (tie and loss < best_loss)
+
+
+def _train_steps(s: FoldSetup, stream: Iterator, n: int, cfg: TrialConfig, at: int) -> float:
+    """`n` optimizer steps on the next batches of `stream`; their mean loss (one sync at the end)."""
     dev = next(s.model.parameters()).device
     s.model.train()
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
-    for x, target in s.batches:
+    for x, target in itertools.islice(stream, n):
         with torch.autocast(dev.type, dtype=s.amp or torch.float32, enabled=s.amp is not None):
             loss = s.loss_fn(s.net(x), target)
         s.optimizer.zero_grad(set_to_none=True)
@@ -146,14 +160,26 @@ def _train_one_epoch(s: FoldSetup, cfg: TrialConfig, epoch: int) -> float:
         s.scaler.update()
         s.schedule.step()
         loss_sum += loss.detach().float()
-    train_loss = loss_sum.item() / max(1, len(s.batches))
+    train_loss = loss_sum.item() / max(1, n)
     if not math.isfinite(train_loss):
-        raise FloatingPointError(f"loss is {train_loss} at epoch {epoch + 1} (lr {cfg.lr:.2g}): lower search.lr")
+        raise FloatingPointError(f"loss is {train_loss} by step {at} (lr {cfg.lr:.2g}): lower search.lr")
     return train_loss
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over the first 3 % of the steps (at most 200), then a cosine down to zero:
+    from scratch, the first steps at full rate are what diverges."""
+    warm = max(1, min(200, round(0.03 * steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def predict_fold(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
-                 test_images: np.ndarray, fold: int, best_epoch: int, start: float) -> FoldResult:
+                 test_images: np.ndarray, fold: int, best_step: int, start: float) -> FoldResult:
     """OOF and test predictions of the best weights, with flip TTA where the orientation allows it."""
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
     oof = s.predict(s.val_images, val_idx, views)
@@ -161,7 +187,7 @@ def predict_fold(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, va
     check_finite(oof, "out-of-fold predictions", cfg)
     check_finite(test, "test predictions", cfg)
     return FoldResult(fold=fold, score=task.score(y[val_idx], oof), val_index=val_idx, oof=oof, test=test,
-                      best_epoch=best_epoch + 1, val_loss=task.nll(y[val_idx], oof), seconds=time.time() - start)
+                      best_step=best_step, val_loss=task.nll(y[val_idx], oof), seconds=time.time() - start)
 
 
 def _loss(cfg: TrialConfig, task: "Task", y_train: np.ndarray,

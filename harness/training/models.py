@@ -140,6 +140,41 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
     return model
 
 
+class MaskScoreModel(nn.Module):
+    """A segmentation model trained on the masks of a binary task, scoring each image by its most
+    defect-like pixels: the mean logit of its top `top` share of pixels is the positive class's
+    logit (the negative's is 0, so softmax gives sigmoid(score)).
+
+    In training it returns (image logits, pixel logits) for `losses.AuxMaskLoss` (image loss +
+    pixel BCE on the mask); in eval the image logits, so prediction, TTA, ensemble and report
+    treat it as any classifier. A small defect on a large tile is a few pixels of the map, where a
+    classifier's global pooling would average it away.
+    """
+
+    def __init__(self, net: nn.Module, top: float = 0.005) -> None:
+        super().__init__()
+        self.net, self.top = net, top
+        self.pretrained_cfg = getattr(net, "pretrained_cfg", {})
+
+    def forward(self, x: torch.Tensor):
+        pixels = self.net(x)  # N × 1 × H × W logits
+        flat = pixels.flatten(1).float()
+        score = flat.topk(max(1, int(flat.shape[1] * self.top)), dim=1).values.mean(1)
+        logits = torch.stack([torch.zeros_like(score), score], dim=1)
+        return (logits, pixels) if self.training else logits
+
+
+MASK_SCORE_WEIGHT = 1.0  # pixel loss beside the image loss, for the mask_score family
+
+
+@MODEL_FAMILIES.register("smp_mask_score")
+def smp_mask_score(name: str, num_classes: int, in_chans: int, pretrained=False) -> nn.Module:
+    """search.families mask_score: an smp 'arch/encoder' trained on train.masks (binary tasks)."""
+    if num_classes != 2:
+        raise ValueError(f"the mask_score family scores binary tasks, not {num_classes} classes")
+    return MaskScoreModel(smp_model(name, 1, in_chans, pretrained))
+
+
 def architectures() -> List[str]:
     import segmentation_models_pytorch as smp
 

@@ -1,10 +1,11 @@
 """Recipes: complete training configurations known to work, the first trials of every new study.
 
 A recipe is one registered function `(spec) -> params` naming a value for each searched key
-(`harness list recipes`); `tasks` and `pretrained` say where it applies. A new study enqueues the
-spec's recipes (`search.recipes`, default `[auto]`: the one for the task and for whether weights
-are used) before the sampler draws, each projected into the spec's search space: a value the
-space lacks becomes the space's nearest (numbers, clipped for ranges) or first choice.
+(`harness list recipes`); `tasks`, `pretrained` and `family` say where it applies. A new study
+enqueues the spec's recipes (`search.recipes`, default `[auto]`: for each model family the spec
+searches, the first recipe for its task and for whether weights are used) before the sampler
+draws, each projected into the spec's search space: a value the space lacks becomes the space's
+nearest (numbers, clipped for ranges) or first choice.
 """
 from __future__ import annotations
 
@@ -21,42 +22,61 @@ RECIPES = Registry("recipe")
 CLASSIFICATION = ("binary", "multiclass", "multihead")
 
 
-@RECIPES.register("scratch_small", tasks=CLASSIFICATION, pretrained=False)
+@RECIPES.register("scratch_small", tasks=CLASSIFICATION, pretrained=False, family="classifier")
 def scratch_small(spec: "Competition") -> Dict[str, Any]:
-    """From scratch on hundreds of images: resnet18, AdamW 2e-3, weight decay 0.05, label smoothing, long."""
-    return {"backbone": "resnet18", "image_size": 224, "augment": "medium", "loss": "label_smoothing",
-            "imbalance": "none", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 32, "epochs": 150}
+    """From scratch on hundreds of images: resnet18, AdamW 2e-3, weight decay 0.05, 3,000 steps.
+
+    224 px, medium augmentation, label smoothing, batch 32: 3,000 steps are 150 epochs of 640 images."""
+    return {"family": "classifier", "backbone": "resnet18", "image_size": 224, "augment": "medium",
+            "loss": "label_smoothing", "imbalance": "none", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 32,
+            "steps": 3000}
 
 
-@RECIPES.register("finetune", tasks=CLASSIFICATION, pretrained=True)
+@RECIPES.register("finetune", tasks=CLASSIFICATION, pretrained=True, family="classifier")
 def finetune(spec: "Competition") -> Dict[str, Any]:
-    """Pretrained weights: a low learning rate, light weight decay, a short schedule."""
-    return {"backbone": "resnet18", "image_size": 224, "augment": "medium", "loss": "label_smoothing",
-            "imbalance": "none", "lr": 3e-4, "weight_decay": 1e-2, "batch_size": 32, "epochs": 20}
+    """Pretrained weights: resnet18, AdamW 3e-4, weight decay 0.01, 600 steps."""
+    return {"family": "classifier", "backbone": "resnet18", "image_size": 224, "augment": "medium",
+            "loss": "label_smoothing", "imbalance": "none", "lr": 3e-4, "weight_decay": 1e-2, "batch_size": 32,
+            "steps": 600}
 
 
-@RECIPES.register("unet_scratch", tasks=("segmentation",), pretrained=None)
+@RECIPES.register("unet_scratch", tasks=("segmentation",), pretrained=None, family=None)
 def unet_scratch(spec: "Competition") -> Dict[str, Any]:
-    """A U-Net on a resnet18 encoder with BCE + Dice, AdamW 1e-3, many steps."""
+    """A U-Net on a resnet18 encoder with BCE + Dice, AdamW 1e-3, 3,000 steps."""
     return {"model": "unet/resnet18", "image_size": 256, "augment": "light", "loss": "bce_dice",
-            "imbalance": "none", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "epochs": 150}
+            "imbalance": "none", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "steps": 3000}
+
+
+@RECIPES.register("mask_unet_scratch", tasks=("binary",), pretrained=None, family="mask_score")
+def mask_unet_scratch(spec: "Competition") -> Dict[str, Any]:
+    """Family mask_score: a U-Net on resnet18 learns the masks; D4-oversampled positives, 3,000 steps.
+
+    AdamW 1e-3, weight decay 1e-4, 288 px, batch 16."""
+    return {"family": "mask_score", "mask_model": "unet/resnet18", "image_size": 288, "augment": "medium",
+            "loss": "ce", "imbalance": "oversample_d4", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16,
+            "steps": 3000}
 
 
 def recipe_names(spec: "Competition") -> List[str]:
     """The recipes a new study starts from: `search.recipes`, with `auto` resolved for this spec."""
-    names = []
+    names: List[str] = []
     for name in spec.search.recipes:
-        names += [_auto(spec)] if name == "auto" else [name]
-    return [n for n in dict.fromkeys(names) if n]
+        names += _auto(spec) if name == "auto" else [name]
+    return list(dict.fromkeys(names))
 
 
-def _auto(spec: "Competition") -> str:
+def _auto(spec: "Competition") -> List[str]:
+    """For each model family the spec searches, the first recipe for its task and weights."""
     weights = bool(spec.search.pretrained)
-    for name in RECIPES.names():
-        recipe = RECIPES.get(name)
-        if spec.task in recipe.tasks and recipe.pretrained in (None, weights):
-            return name
-    return ""
+    out = []
+    for family in spec.search.families:
+        for name in RECIPES.names():
+            recipe = RECIPES.get(name)
+            if (spec.task in recipe.tasks and recipe.pretrained in (None, weights)
+                    and recipe.family in (None, family)):
+                out.append(name)
+                break
+    return out
 
 
 def projected(params: Dict[str, Any], distributions: Dict[str, optuna.distributions.BaseDistribution]

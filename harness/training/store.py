@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from optuna.trial import FrozenTrial
 
 from ..config.paths import FoldPaths, RunPaths, atomic_write_text
 
+if TYPE_CHECKING:
+    from ..tasks.base import Task
+
 
 @dataclass
 class FoldResult:
@@ -27,7 +30,7 @@ class FoldResult:
     val_index: np.ndarray
     oof: np.ndarray  # len(val_index) × C probabilities
     test: np.ndarray  # n_test × C probabilities
-    best_epoch: int
+    best_step: int
     val_loss: float
     seconds: float
     reused: bool = False
@@ -45,7 +48,7 @@ def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, histor
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, checkpoint)
     out.model.write_bytes(checkpoint.getbuffer())
     history.to_csv(out.history, index=False)
-    done = {"fold": result.fold, "score": result.score, "best_epoch": result.best_epoch,
+    done = {"fold": result.fold, "score": result.score, "best_step": result.best_step,
             "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
             "config": digest, "n_val": len(result.val_index), "n_test": len(result.test), **record}
     atomic_write_text(out.done, json.dumps(done, indent=1))
@@ -61,7 +64,7 @@ def load_fold(out: FoldPaths, digest: Optional[str] = None) -> Optional[FoldResu
     if done is None or (digest is not None and done["config"] != digest):
         return None
     return FoldResult(fold=done["fold"], score=done["score"], val_index=np.load(out.val_index),
-                      oof=np.load(out.oof), test=np.load(out.test), best_epoch=done["best_epoch"],
+                      oof=np.load(out.oof), test=np.load(out.test), best_step=done.get("best_step", 0),
                       val_loss=done["val_loss"], seconds=done["seconds"], reused=True)
 
 
@@ -71,12 +74,18 @@ def load_trial_folds(paths: RunPaths, owner: int, n_folds: int) -> Optional[List
     return None if any(f is None for f in folds) else folds
 
 
-def assemble_oof(results: List[FoldResult], n: int) -> np.ndarray:
-    """Fold OOF arrays put back in sample order, n × C (or n × H × W)."""
+def pool_folds(results: List[FoldResult], n: int, task: "Task",
+               tests: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The trial's OOF predictions in sample order (n × C, or n × H × W) and its test predictions
+    averaged over the fold models (`tests`, one per fold, else the stored ones), each fold first
+    put on the task's common scale (`Task.common_scale`: percentiles for rank metrics)."""
     oof = np.full((n,) + results[0].oof.shape[1:], np.nan, dtype=np.float32)
-    for r in results:
-        oof[r.val_index] = r.oof
-    return oof
+    test_sum = None
+    for r, test in zip(results, tests if tests is not None else [r.test for r in results]):
+        fold_oof, fold_test = task.common_scale(r.oof, test)
+        oof[r.val_index] = fold_oof
+        test_sum = fold_test.astype(np.float64) if test_sum is None else test_sum + fold_test
+    return oof, (test_sum / len(results)).astype(np.float32)
 
 
 def artifact_owner(trial: FrozenTrial) -> int:

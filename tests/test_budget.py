@@ -1,0 +1,61 @@
+"""Budgets in optimizer steps, validation at evenly spaced steps, pruning only after the warm-up."""
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+
+from harness.search import PRUNERS
+from harness.search.pruners import progress_step
+from harness.training.fit import eval_points
+
+
+def fold_history(run_dir, trial=0, fold=0) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "trials" / f"t{trial:04d}" / f"fold{fold}" / "history.csv")
+
+
+def test_validation_points_are_evenly_spaced_and_end_at_the_budget():
+    assert eval_points(3000, 4) == [750, 1500, 2250, 3000]
+    assert eval_points(3, 20) == [1, 2, 3]  # fewer steps than validations: one per step
+
+
+@pytest.mark.parametrize("per_class", [12, 36])
+def test_a_fold_trains_the_steps_of_its_budget_whatever_the_data_size(
+        class_folder_competition, cli, tmp_path, per_class):
+    comp = class_folder_competition(per_class=per_class, search={"steps": [6], "evals": 3})
+    cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1")
+    history = fold_history(tmp_path / "run")
+    assert history["step"].tolist() == [2, 4, 6]
+    # a fold of 12 training images is 1 batch of 8 (the rest dropped): 6 steps are 6 epochs;
+    # a fold of 36 is 4 batches: 1.5 epochs
+    assert history["epoch"].iloc[-1] == {12: 6.0, 36: 1.5}[per_class]
+
+
+def test_patience_is_a_share_of_the_steps(class_folder_competition, cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.training.fit.improves", lambda *args: False)  # the first stays the best
+    comp = class_folder_competition(search={"steps": [10], "evals": 5, "patience": 0.4})
+    cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1")
+    # best at step 2; 40 % of 10 steps later (step 6) the fold stops
+    assert fold_history(tmp_path / "run")["step"].tolist() == [2, 4, 6]
+
+
+@PRUNERS.register("test_prune_whenever_allowed", per_eval=True)
+def prune_whenever_allowed(search):
+    """Prunes at the first report the warm-up allows (every score is above -1)."""
+    return optuna.pruners.ThresholdPruner(upper=-1.0, n_warmup_steps=progress_step(search.prune_warmup))
+
+
+def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_what(
+        class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(search={"steps": [8], "evals": 4}), tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2",
+        "--set", "search.pruner=test_prune_whenever_allowed", "--set", "search.prune_warmup=0.5")
+    study = optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir}/study.db")
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert sorted(t.intermediate_values) == [25, 50]  # validated at 25 % but not pruned there
+    first, second = (t.user_attrs["pruned"] for t in study.trials)
+    assert first.startswith("pruned at 50% of fold 1 (step 4 of 8): accuracy ") and " vs " not in first
+    assert "vs median" in second and "of 1 trials at the same point" in second
+    status = cli("status", comp, "--run-dir", run_dir).output
+    assert status.count("pruned at 50% of fold 1 (step 4 of 8)") == 2
