@@ -47,11 +47,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--timeout", type=float, help="seconds per competition (stop starting trials after)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR (default: a temp dir)")
     args = parser.parse_args()
     competitions = args.competition or ["competitions/digits"]
     roots = args.data_root + [None] * (len(competitions) - len(args.data_root))
     with tempfile.TemporaryDirectory() as tmp:
-        results = [quality(c, Path(tmp) / str(i), args.trials, args.overrides, root, args.timeout)
+        base = Path(args.keep or tmp)
+        results = [quality(c, base / str(i), args.trials, args.overrides, root, args.timeout)
                    for i, (c, root) in enumerate(zip(competitions, roots))]
     print(json.dumps({"trials": args.trials, "overrides": args.overrides, "results": results}, indent=1))
 

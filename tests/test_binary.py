@@ -74,7 +74,7 @@ def binary_fold(index, positive_scores, negative_scores, test_scores):
     p1 = np.array(positive_scores + negative_scores)
     test = np.array(test_scores)
     return FoldResult(fold=0, score=0.0, val_index=np.array(index), oof=np.stack([1 - p1, p1], 1),
-                      test=np.stack([1 - test, test], 1), best_step=1, val_loss=0.0, seconds=0.0)
+                      test=np.stack([1 - test, test], 1), kept_step=1, val_loss=0.0, seconds=0.0)
 
 
 def test_auc_pools_fold_models_on_percentiles_of_their_own_scores():

@@ -1,6 +1,8 @@
 """Budgets in optimizer steps, validation at evenly spaced steps, pruning only after the warm-up."""
 from __future__ import annotations
 
+import json
+
 import optuna
 import pandas as pd
 import pytest
@@ -59,3 +61,14 @@ def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_
     assert "vs median" in second and "of 1 trials at the same point" in second
     status = cli("status", comp, "--run-dir", run_dir).output
     assert status.count("pruned at 50% of fold 1 (step 4 of 8)") == 2
+
+
+@pytest.mark.parametrize("keep, kept", [("last", 6), ("best", 2)])
+def test_the_last_weights_predict_unless_the_spec_keeps_the_best(class_folder_competition, cli, tmp_path,
+                                                                 monkeypatch, keep, kept):
+    monkeypatch.setattr("harness.training.fit.improves", lambda *args: False)  # step 2 stays the best
+    comp = class_folder_competition(search={"steps": [6], "evals": 3, "keep": keep})
+    out = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1").output
+    assert f"(weights of step {kept}," in out
+    done = json.loads((tmp_path / "run" / "trials" / "t0000" / "fold0" / "done.json").read_text())
+    assert done["kept_step"] == kept and fold_history(tmp_path / "run")["step"].tolist() == [2, 4, 6]

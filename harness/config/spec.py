@@ -87,8 +87,12 @@ class SearchSpace:
     # a fold's training, in optimizer steps (searched): enough on 16 slices as on 1,000 images,
     # which epochs are not; the learning rate warms up, then follows a cosine over them
     steps: List[int] = field(default_factory=lambda: [2000])
-    evals: int = 20  # validations per fold, evenly spaced over its steps: best weights, early stop, pruning
+    evals: int = 20  # validations per fold, evenly spaced over its steps: early stopping, pruning, `keep`
     patience: float = 1.0  # early stopping: share of the steps without a better validation metric (1: off)
+    # the weights that predict OOF and test: last (after the last step: nothing is chosen on the
+    # validation fold, so the CV is honest) or best (the best validation's: early stopping, a CV
+    # that is optimistic by the choice)
+    keep: str = field(default="last", metadata={"choices": ["last", "best"]})
     prune_warmup: float = 0.3  # share of the first fold's steps before a trial may be pruned
     pretrained: Union[bool, str] = True  # true: timm hub / offline cache; a path: local weights
     pruner: str = field(default="median", metadata=_choices("harness.search.pruners:PRUNERS"))
@@ -232,7 +236,8 @@ def apply_override(raw: Dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(value)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpecError(f"--set {item!r}: the value is not valid YAML ({problem}): quote it, or close its brackets") from None
+        raise SpecError(f"--set {item!r}: the value is not valid YAML ({problem}): "
+                        "quote it, or close its brackets") from None
 
 
 def to_dict(spec: Competition) -> Dict[str, Any]:

@@ -97,7 +97,7 @@ class Objective:
             results.append(result)
             self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
                       f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
-                                               f" (best at step {result.best_step}, {result.seconds:.0f} s)"))
+                                               f" (weights of step {result.kept_step}, {result.seconds:.0f} s)"))
             trial.set_user_attr("fold_scores", [r.score for r in results])
             trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
             self._report_fold(trial, results)

@@ -35,7 +35,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         lr=trial.suggest_float("lr", min(s.lr), max(s.lr), log=True),
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
         batch_size=trial.suggest_categorical("batch_size", s.batch_size),
-        steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience,
+        steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience, keep=s.keep,
         pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.task.width,

@@ -38,6 +38,7 @@ class TrialConfig:
     augment_on: str = "auto"  # where batches are augmented: auto, device, workers (feed.py)
     compile: bool = False  # torch.compile the model for training and prediction
     aux_weight: float = 0.0  # weight of the auxiliary mask loss (train.masks); 0: no mask head
+    keep: str = "last"  # the weights that predict: last (after the last step) or best (validation)
 
     def digest(self) -> str:
         # how the data is loaded and the model executed is not what is trained: a fold finished on

@@ -1,8 +1,8 @@
 """Fit one fold: a trial config + decoded images + a fold split → OOF and test predictions on disk.
 
 What a fold does, in order (one function each): `set_up` the model, loss, batches and optimiser;
-`train_steps`, validating at evenly spaced steps and keeping the best weights, stopping early; `predict_fold`
-with the best weights (flip TTA); then `store.save_fold` writes it, `done.json` last.
+`train_steps`, validating at evenly spaced steps, stopping early, ending with the last (or best)
+weights; `predict_fold` with them (flip TTA); then `store.save_fold` writes it, `done.json` last.
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def fit_fold(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, 
     """
     start = time.time()
     setup = set_up(cfg, task, images, y, train_idx, fold, aux_masks)
-    history, best_step = train_steps(cfg, task, setup, y, val_idx, on_eval)
-    result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, best_step, start)
+    history, kept_step = train_steps(cfg, task, setup, y, val_idx, on_eval)
+    result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, kept_step, start)
     feed = {"augmented_on": "device" if setup.val_images is not images else "workers"}  # what `auto` chose
     save_fold(out, result, setup.model, pd.DataFrame(history), cfg.digest(), {**(record or {}), **feed})
     return result
@@ -110,11 +110,13 @@ def eval_points(steps: int, evals: int) -> List[int]:
 
 def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
                 on_eval: Optional[EvalCallback]) -> Tuple[List[dict], int]:
-    """Train `cfg.steps` optimizer steps, validating at `eval_points`; the model ends with its best weights.
+    """Train `cfg.steps` optimizer steps, validating at `eval_points`; the model ends with the weights
+    `cfg.keep` says: the last ones, or the best validation's.
 
-    Returns the history (one row per validation) and the best step. Best: the better metric, or on
-    a tie the lower validation loss; `cfg.patience` of the steps without one stop the fold.
-    `on_eval(progress, score)` is told the share of the steps done (0..1] after each validation.
+    Returns the history (one row per validation) and the step whose weights were kept. Best: the
+    better metric, or on a tie the lower validation loss; `cfg.patience` of the steps without one
+    stop the fold. `on_eval(progress, score)` is told the share of the steps done (0..1] after each
+    validation.
     """
     history: List[dict] = []
     best_score, best_loss, best_step, best_state = None, math.inf, 0, None
@@ -129,15 +131,17 @@ def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val
         val_loss, score = task.nll(y[val_idx], proba), task.score(y[val_idx], proba)
         history.append({"step": at, "epoch": round(at / len(s.batches), 2), "train_loss": train_loss,
                         "val_loss": val_loss, cfg.metric: score, "seconds": round(time.time() - t0, 3)})
-        if best_state is None or improves(score, val_loss, best_score, best_loss, task.direction):
+        if best_score is None or improves(score, val_loss, best_score, best_loss, task.direction):
             best_score, best_loss, best_step = score, val_loss, at
-            best_state = copy.deepcopy(s.model.state_dict())
+            best_state = copy.deepcopy(s.model.state_dict()) if cfg.keep == "best" else None
         if on_eval is not None:
             on_eval(at / cfg.steps, score)
         if cfg.patience < 1 and at - best_step >= cfg.patience * cfg.steps:
             break
-    s.model.load_state_dict(best_state)
-    return history, best_step
+    if cfg.keep == "best":
+        s.model.load_state_dict(best_state)
+        return history, best_step
+    return history, done
 
 
 def improves(score: float, loss: float, best_score: Optional[float], best_loss: float, direction: str) -> bool:
@@ -179,7 +183,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.l
 
 
 def predict_fold(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
-                 test_images: np.ndarray, fold: int, best_step: int, start: float) -> FoldResult:
+                 test_images: np.ndarray, fold: int, kept_step: int, start: float) -> FoldResult:
     """OOF and test predictions of the best weights, with flip TTA where the orientation allows it."""
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
     oof = s.predict(s.val_images, val_idx, views)
@@ -187,7 +191,7 @@ def predict_fold(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, va
     check_finite(oof, "out-of-fold predictions", cfg)
     check_finite(test, "test predictions", cfg)
     return FoldResult(fold=fold, score=task.score(y[val_idx], oof), val_index=val_idx, oof=oof, test=test,
-                      best_step=best_step, val_loss=task.nll(y[val_idx], oof), seconds=time.time() - start)
+                      kept_step=kept_step, val_loss=task.nll(y[val_idx], oof), seconds=time.time() - start)
 
 
 def _loss(cfg: TrialConfig, task: "Task", y_train: np.ndarray,

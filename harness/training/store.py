@@ -30,7 +30,7 @@ class FoldResult:
     val_index: np.ndarray
     oof: np.ndarray  # len(val_index) × C probabilities
     test: np.ndarray  # n_test × C probabilities
-    best_step: int
+    kept_step: int  # the step whose weights predicted
     val_loss: float
     seconds: float
     reused: bool = False
@@ -48,7 +48,7 @@ def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, histor
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, checkpoint)
     out.model.write_bytes(checkpoint.getbuffer())
     history.to_csv(out.history, index=False)
-    done = {"fold": result.fold, "score": result.score, "best_step": result.best_step,
+    done = {"fold": result.fold, "score": result.score, "kept_step": result.kept_step,
             "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
             "config": digest, "n_val": len(result.val_index), "n_test": len(result.test), **record}
     atomic_write_text(out.done, json.dumps(done, indent=1))
@@ -64,7 +64,7 @@ def load_fold(out: FoldPaths, digest: Optional[str] = None) -> Optional[FoldResu
     if done is None or (digest is not None and done["config"] != digest):
         return None
     return FoldResult(fold=done["fold"], score=done["score"], val_index=np.load(out.val_index),
-                      oof=np.load(out.oof), test=np.load(out.test), best_step=done.get("best_step", 0),
+                      oof=np.load(out.oof), test=np.load(out.test), kept_step=done["kept_step"],
                       val_loss=done["val_loss"], seconds=done["seconds"], reused=True)
 
 
