@@ -2,12 +2,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test clean postgres
 
 $(BIN)/harness: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,postgres]'
 	touch $@
 
 demo: $(BIN)/harness
@@ -15,8 +15,14 @@ demo: $(BIN)/harness
 	$(BIN)/harness status competitions/digits
 	$(BIN)/harness submit competitions/digits
 
-test: $(BIN)/harness
+test: $(BIN)/harness postgres
 	$(BIN)/pytest -q
+
+# tests/test_workers.py starts a throw-away PostgreSQL cluster: install the server when it is missing
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "the postgresql package could not be installed: the PostgreSQL tests will skip"
 
 clean:
 	rm -rf $(VENV) runs

@@ -98,6 +98,8 @@ class SearchSpace:
     pruner: str = field(default="median", metadata=_choices("harness.search.pruners:PRUNERS"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
     num_workers: Optional[int] = None  # DataLoader workers; default 0 on CPU, up to 8 on GPU
+    # seconds between a running trial's heartbeats; 5 missed: its worker died, the trial is retried
+    heartbeat: int = 60
     # where training batches are augmented: auto (on a GPU, on the device when the policy allows),
     # device (also on a CPU), workers (albumentations in DataLoader workers)
     augment_on: str = field(default="auto", metadata={"choices": ["auto", "device", "workers"]})

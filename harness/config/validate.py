@@ -128,6 +128,8 @@ def check_consistency(spec: "Competition", path: Path) -> None:
     for key in ("image_size", "batch_size", "steps"):
         if min(getattr(s, key)) < 1:
             raise SpecError(f"{path}: 'search.{key}': values must be >= 1, got {getattr(s, key)}")
+    if s.heartbeat < 1:
+        raise SpecError(f"{path}: 'search.heartbeat': needs at least 1 second, got {s.heartbeat}")
     if s.evals < 1:
         raise SpecError(f"{path}: 'search.evals': needs at least 1, got {s.evals}: validations per fold, e.g. 20")
     if not 0 < s.patience <= 1:

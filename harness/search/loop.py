@@ -1,22 +1,28 @@
-"""The search loop: run trials until the study holds `--trials` finished ones, or time runs out."""
+"""The search loop: run trials until the study holds `--trials` finished ones, or time runs out.
+
+Any number of workers may run it on one study at once (`workers.py`): the first makes what the
+study needs, and each starts a trial only while a slot of the `--trials` is free.
+"""
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config.paths import Run
 from ..data.folds import save_folds
-from ..data.prepare import check_trainable, prepare_data
+from ..data.prepare import SearchData, check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from .objective import Objective
 from .space import enqueue_recipes
-from .study import FINISHED, check_fingerprint, connect, count_finished, open_study, retry_interrupted
+from .study import check_fingerprint, connect, count_finished, open_study, retry_interrupted
+from .workers import NoSlot, SlotStudy, creation_lock, slot_lock
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -36,10 +42,45 @@ logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
                echo: Callable[[str], None] = print) -> optuna.Study:
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
+    ensure_writable(run.paths.root)
+    with creation_lock(run):
+        data, study, storage = _create(run, echo)
+    slots = SlotStudy(study, trials, slot_lock(storage, run))
+    objective = Objective(run, data, echo)
+    streak = _FailureStreak(echo)
+    deadline = time.time() + timeout if timeout else None
+    waiting = False
+    while (remaining := trials - count_finished(slots)) > 0 and not streak.tripped:
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left <= 0:
+            echo(f"timeout: {count_finished(slots)} of {trials} trials finished")
+            break
+        try:
+            slots.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
+                           callbacks=[streak], gc_after_trial=True)
+        except NoSlot:
+            if not waiting:
+                echo(f"the last of the {trials} trials are running in other workers: waiting for them")
+            waiting = True
+            _wait_for_others(slots, run, echo)
+            continue
+        except Exception as err:
+            if objective.fault is None and not is_machine_fault(err):
+                raise
+            raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
+        if objective.fault is not None:
+            raise SearchStopped(objective.fault)
+    if streak.tripped:
+        raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
+    return slots
+
+
+def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.Study, RDBStorage]:
+    """Everything the study needs before its first trial, made by the first worker (under
+    `creation_lock`) and found by the others."""
     data = prepare_data(run)
     check_trainable(run, data)
-    ensure_writable(run.paths.root)
-    storage = connect(run.storage_url)  # a bad --storage is said now, not after every image is decoded
+    storage = connect(run.storage_url, run.spec.search.heartbeat)  # a bad --storage is said before decoding
     # Decode every image once now: a bad file is reported before any training starts.
     data.images(min(run.spec.search.image_size), run.paths.cache_dir)
     study = open_study(run, create=True, storage=storage)
@@ -50,27 +91,17 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
         echo(f"recipe {name}: the first trial, within this search space")
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
-    objective = Objective(run, data, echo)
-    streak = _FailureStreak(echo)
-    deadline = time.time() + timeout if timeout else None
-    while (remaining := trials - count_finished(study)) > 0 and not streak.tripped:
-        left = None if deadline is None else deadline - time.time()
-        if left is not None and left <= 0:
-            echo(f"timeout: {count_finished(study)} of {trials} trials finished")
-            break
-        try:
-            study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
-                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), streak],
-                           gc_after_trial=True)
-        except Exception as err:
-            if objective.fault is None and not is_machine_fault(err):
-                raise
-            raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
-        if objective.fault is not None:
-            raise SearchStopped(objective.fault)
-    if streak.tripped:
-        raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
-    return study
+    return data, study, storage
+
+
+def _wait_for_others(study: SlotStudy, run: Run, echo: Callable[[str], None]) -> None:
+    """Sleep a little, then fail the trials of workers that died (their heartbeat stopped, or their
+    process on this host is gone) so that their retries can be claimed."""
+    time.sleep(min(5.0, run.spec.search.heartbeat / 2))
+    optuna.storages.fail_stale_trials(study)
+    with study.lock():
+        for number in retry_interrupted(study):
+            echo(f"trial {number} was interrupted: it runs again with the same parameters")
 
 
 def ensure_writable(folder: Path) -> None:

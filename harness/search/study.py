@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -29,6 +30,7 @@ from ..errors import SpecError, storage_error_line
 from ..training.config import HOW_FIELDS
 from ..training.store import artifact_owner
 from .pruners import PRUNERS
+from .workers import worker_seed
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -45,7 +47,7 @@ def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> 
         raise missing  # opening it would create an empty database
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)
-    storage = storage or connect(run.storage_url)
+    storage = storage or connect(run.storage_url, run.spec.search.heartbeat)
     direction = run.spec.metrics.get(run.spec.metric).direction
     if not create:
         try:
@@ -58,10 +60,10 @@ def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> 
     run.remember_storage()
     study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
                                 direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)(run.spec.search))
-    # The same seed in every process would draw a resumed study's first parameters again; offset
-    # by the trials the study holds, a fresh study and each resume are still repeatable.
-    study.sampler = optuna.samplers.TPESampler(seed=run.spec.seed + len(study.get_trials(deepcopy=False)),
-                                               n_startup_trials=5)
+    # constant_liar: a worker's draw treats the others' running trials as done badly, so that
+    # workers explore apart
+    study.sampler = optuna.samplers.TPESampler(seed=worker_seed(study, run.spec.seed), n_startup_trials=5,
+                                               constant_liar=True)
     return study
 
 
@@ -85,8 +87,11 @@ def retry_interrupted(study: optuna.Study) -> List[int]:
             pid = t.user_attrs.get("pid")
             if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
                 continue  # alive, or another machine's: Optuna's heartbeat retries those
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
-            study.tell(t.number, state=TrialState.FAIL)
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # failed meanwhile by a heartbeat check, which retries it
         elif not t.user_attrs.get("interrupted"):
             continue  # a real failure: retrying would fail again
         study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t), "retry_source": t.number})
@@ -127,15 +132,42 @@ def _sqlite_file(url: str) -> Optional[Path]:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def connect(url: str) -> RDBStorage:
+def connect(url: str, heartbeat: int = 60) -> RDBStorage:
     """The study storage at `url`, connected (its schema made if new); a URL that cannot be opened
-    is one line saying why (no driver, not a URL, no server), before anything is remembered."""
+    is one line saying why (no driver, not a URL, no server), before anything is remembered.
+
+    Each running trial beats every `heartbeat` seconds; one silent for 5 beats is failed (its
+    worker died) and retried with the same parameters by whichever worker looks next.
+    """
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=300,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as err:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
-        raise SpecError(storage_error_line(url, err)) from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=heartbeat,
+                              grace_period=5 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except Exception as err:  # noqa: BLE001 - drivers and SQLAlchemy raise many kinds
+            if attempt < 4 and _made_by_another_worker(err):
+                time.sleep(0.5 + attempt)  # another worker is making the schema: then it exists
+                continue
+            raise SpecError(storage_error_line(url, err)) from None
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` names SQLAlchemy's default driver, psycopg2; the harness installs psycopg 3
+    (the `postgres` extra), so a plain URL is read as postgresql+psycopg:// unless psycopg2 is there."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            try:
+                import psycopg2  # noqa: F401
+            except ImportError:
+                return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _made_by_another_worker(err: BaseException) -> bool:
+    """A schema race: two workers creating the same tables or version row at once."""
+    text = str(err).lower()
+    return "already exists" in text or "duplicate key" in text or "unique constraint" in text
 
 
 def _process_alive(pid: Optional[int]) -> bool:

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from ..config.paths import RunPaths
 from ..data.images import probe_images
 from ..data.prepare import SearchData
+from ..training.store import artifact_owner
 from .ensemble import Ensemble
 
 
@@ -24,8 +25,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
         note = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("pruned", "")
         if t.user_attrs.get("recipe"):
             note = (note + f" recipe {t.user_attrs['recipe']}").strip()
-        if t.user_attrs.get("retry_of") is not None:
-            note = (note + f" retry of #{t.user_attrs['retry_of']}").strip()
+        if artifact_owner(t) != t.number:  # after a Ctrl-C, a kill or a stopped heartbeat
+            note = (note + f" retry of #{artifact_owner(t)}").strip()
         if t.user_attrs.get("reused_folds"):
             note = (note + f" reused folds {t.user_attrs['reused_folds']}").strip()
         seconds = t.duration.total_seconds() if t.duration else None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, List, Union
 
 # how a fold is run, not what is trained: left out of the trial digest and the study fingerprint
-HOW_FIELDS = ("num_workers", "augment_on", "compile")
+HOW_FIELDS = ("num_workers", "augment_on", "compile", "heartbeat")
 
 
 @dataclass

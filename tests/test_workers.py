@@ -1,0 +1,159 @@
+"""Many workers on one study: started together on a fresh run dir, on SQLite and on a real
+PostgreSQL server; exactly `--trials` finished, none failed, none drawn twice; a worker killed
+mid-trial has its trial retried by another, its finished folds reused."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.training.store import artifact_owner
+
+DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
+QUICK = ["--set", "folds=2", "--set", "search.steps=[2]", "--set", "search.evals=1",
+         "--set", "search.image_size=[16]"]
+
+
+def start_workers(n: int, competition: Path, run_dir: Path, trials: int, *extra: str) -> List[subprocess.Popen]:
+    args = [sys.executable, "-m", "harness", "search", str(competition), "--run-dir", str(run_dir),
+            "--trials", str(trials), *extra]
+    return [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(n)]
+
+
+def finish(workers: List[subprocess.Popen]) -> List[str]:
+    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out
+    return outputs
+
+
+def assert_exactly(study: optuna.Study, n: int) -> None:
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == n, states
+    assert TrialState.FAIL not in states and TrialState.RUNNING not in states, states
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(drawn)) == len(drawn), "two workers drew the same trial"
+
+
+def test_two_workers_on_a_fresh_sqlite_run_dir_end_with_exactly_the_trials_asked(tmp_path):
+    # a fresh run dir of the digits competition: data preparation, image cache, folds, the SQLite
+    # schema and the study are all made while both workers start
+    run_dir = tmp_path / "run"
+    outputs = finish(start_workers(2, DIGITS, run_dir, 5, *QUICK))
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{run_dir}/study.db")
+    assert_exactly(study, 5)
+    assert sum("recipe scratch_small" in out for out in outputs) == 1  # enqueued once
+    assert len(list((run_dir / "data" / "train").iterdir())) == 10  # prepared once, complete
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition(per_class=24, search={"steps": [6], "evals": 3, "image_size": [32],
+                                                          "heartbeat": 1}, extra={"folds": 3})
+    run_dir = tmp_path / "run"
+    workers = start_workers(2, comp, run_dir, 4)
+    storage = f"sqlite:///{run_dir}/study.db"
+    victim, deadline = None, time.time() + 300
+    while victim is None:
+        assert time.time() < deadline and all(w.poll() is None for w in workers), "no trial to kill"
+        time.sleep(0.05)
+        try:
+            trials = optuna.load_study(study_name="tiny-folders", storage=storage).trials
+        except Exception:  # noqa: BLE001 - not made yet
+            continue
+        for t in trials:
+            fold0 = run_dir / "trials" / f"t{t.number:04d}" / "fold0" / "done.json"
+            if t.state == TrialState.RUNNING and "pid" in t.user_attrs and fold0.is_file():
+                victim = t
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    survivor = [w for w in workers if w.pid != victim.user_attrs["pid"]]
+    for w in workers:
+        w.wait(timeout=600)
+    out = finish(survivor)[0]
+    study = optuna.load_study(study_name="tiny-folders", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 4, states
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and TrialState.RUNNING not in states
+    # retried once, by the survivor (its process gone from this host) or by Optuna's heartbeat
+    retries = [t for t in study.trials if t.number != victim.number and artifact_owner(t) == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params, out
+    assert 0 in retries[0].user_attrs["reused_folds"]  # fold 0 finished before the kill: read back
+    assert f"retry of #{victim.number}" in cli("status", comp, "--run-dir", run_dir).output
+
+
+# --- PostgreSQL: a throw-away cluster on 127.0.0.1, started as the `postgres` user when root ---
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        pytest.skip(f"PostgreSQL's {name} is not installed (`make test` installs the postgresql package)")
+    return str(found)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """(URL with the password, the cluster's port) of a fresh server that lives for this module."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    as_user: List[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    (root / "pw").write_text("s3cret\n")
+    if as_user:
+        shutil.chown(root / "pw", "postgres")
+    data, port = root / "data", _free_port()
+    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "postgres", "--pwfile", str(root / "pw"),
+                              "--auth-host=scram-sha-256", "--auth-local=trust"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                              f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield f"postgresql://postgres:s3cret@127.0.0.1:{port}/postgres", port
+    finally:
+        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_three_workers_on_one_postgresql_study_end_with_exactly_the_trials_asked(
+        postgres, class_folder_competition, cli, tmp_path):
+    url, _ = postgres
+    comp = class_folder_competition()
+    run_dir = tmp_path / "run"
+    finish(start_workers(3, comp, run_dir, 6, "--storage", url))
+    study = optuna.load_study(study_name="tiny-folders", storage=url.replace("postgresql://", "postgresql+psycopg://"))
+    assert_exactly(study, 6)
+    assert (run_dir / "study.url").read_text().strip() == url  # later commands find the study
+    assert cli("status", comp, "--run-dir", run_dir).output.count(" complete ") == 6
+    assert "ensemble of" in cli("submit", comp, "--run-dir", run_dir).output
+
+
+def test_postgresql_storage_errors_are_one_line(postgres, class_folder_competition, cli, tmp_path):
+    url, port = postgres
+    comp = class_folder_competition()
+    wrong = url.replace("s3cret", "wrong")
+    out = cli("status", comp, "--run-dir", tmp_path / "a", "--storage", wrong, ok=False).output
+    assert out.startswith("Error: --storage postgresql://postgres:***@127.0.0.1") and "password" in out
+    assert "wrong" not in out and len(out.strip().splitlines()) == 1
+    closed = f"postgresql://postgres:s3cret@127.0.0.1:{_free_port()}/postgres"
+    out = cli("search", comp, "--run-dir", tmp_path / "b", "--trials", "1", "--storage", closed, ok=False).output
+    assert "cannot connect" in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "study.url").exists()
