@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from harness.search.workers import worker_seed
 from harness.training.store import artifact_owner
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
@@ -55,6 +56,14 @@ def test_two_workers_on_a_fresh_sqlite_run_dir_end_with_exactly_the_trials_asked
     assert_exactly(study, 5)
     assert sum("recipe scratch_small" in out for out in outputs) == 1  # enqueued once
     assert len(list((run_dir / "data" / "train").iterdir())) == 10  # prepared once, complete
+    # two more workers resume the study to 8: exactly 8, not 9
+    finish(start_workers(2, DIGITS, run_dir, 8, *QUICK))
+    assert_exactly(optuna.load_study(study_name="digits", storage=f"sqlite:///{run_dir}/study.db"), 8)
+
+
+def test_each_worker_start_draws_with_a_seed_of_its_own_and_the_first_with_the_specs():
+    study = optuna.create_study()
+    assert [worker_seed(study, 42) for _ in range(3)] == [42, 42 + 7919, 42 + 2 * 7919]
 
 
 def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(class_folder_competition, cli, tmp_path):
