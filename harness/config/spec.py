@@ -169,11 +169,14 @@ class Competition:
         return not self.task_type.masks_are_labels and self.train.masks is not None
 
     @property
+    def searches_aux_head(self) -> bool:
+        """Whether classifier trials draw an auxiliary mask head: masks declared, a weight above 0 searched."""
+        return self.declares_aux_masks and max(self.search.aux_weight) > 0
+
+    @property
     def uses_aux_masks(self) -> bool:
-        """Whether trials may train on the masks: declared, and an auxiliary weight above 0 or the
-        mask_score family searched."""
-        searched = max(self.search.aux_weight) > 0 or "mask_score" in self.search.families
-        return self.declares_aux_masks and searched
+        """Whether trials may train on the masks: the auxiliary head, or the mask_score family."""
+        return self.searches_aux_head or (self.declares_aux_masks and "mask_score" in self.search.families)
 
 
 def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:

@@ -21,7 +21,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     backbone, family = data.task.suggest_model(trial, s, data.channels)
     if family == "smp_mask_score":
         aux_weight = MASK_SCORE_WEIGHT  # the masks are what this family learns from
-    elif run.spec.declares_aux_masks and max(s.aux_weight) > 0:
+    elif run.spec.searches_aux_head:
         aux_weight = trial.suggest_categorical("aux_weight", s.aux_weight)
         family = "timm_aux_mask" if aux_weight else family
     else:
