@@ -75,12 +75,21 @@ def validate(run: Run) -> None:
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold in total (running again continues).")
 @click.option("--timeout", type=float, help="Stop starting trials after this many seconds.")
-def search(run: Run, trials: int, timeout: float | None) -> None:
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
+                   "GPUs one per 16 GiB of each GPU's memory, at most 4 a GPU and half the CPU cores].")
+def search(run: Run, trials: int, timeout: float | None, workers: int | None) -> None:
     """Search until the study holds --trials finished trials."""
-    from .search import count_finished, run_search
+    from .search import count_finished, open_study, run_search
+    from .search.launch import default_worker_count, run_workers
 
+    workers = workers or default_worker_count()
     try:
-        study = run_search(run, trials, timeout, echo=click.echo)
+        if workers > 1:
+            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=click.echo)
+            study = open_study(run, create=False)
+        else:
+            study = run_search(run, trials, timeout, echo=click.echo)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """What every trial of a study shares, prepared once: samples, task, labels, channels and folds."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Tuple
 
@@ -27,11 +27,16 @@ class SearchData:
     fold: np.ndarray
     folds_hash: str
     y: np.ndarray  # N × H class indices, or N × H × W masks
+    _loaded: dict = field(default_factory=dict, repr=False)  # the last size's images, kept for the next trial
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Train and test images as the task's model takes them (see `Task.load_images`)."""
-        return tuple(self.task.load_images(frame, size, self.channels, cache)
-                     for frame in (self.samples.train, self.samples.test))
+        """Train and test images as the task's model takes them (see `Task.load_images`); the same
+        arrays for trials of the same size, so that what is made of them (device copies) is reused."""
+        if (size, cache) not in self._loaded:
+            self._loaded.clear()
+            self._loaded[size, cache] = tuple(self.task.load_images(frame, size, self.channels, cache)
+                                              for frame in (self.samples.train, self.samples.test))
+        return self._loaded[size, cache]
 
     def aux_masks(self, size: int, cache: Optional[Path] = None) -> Optional[np.ndarray]:
         """The training images' auxiliary masks at `size` (N × size × size, 0/1), or None without train.masks."""

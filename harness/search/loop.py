@@ -19,6 +19,7 @@ from ..config.paths import Run
 from ..data.folds import save_folds
 from ..data.prepare import SearchData, check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
+from ..training.device import use_cpu_share
 from .objective import Objective
 from .space import enqueue_recipes
 from .study import check_fingerprint, connect, count_finished, open_study, retry_interrupted
@@ -42,9 +43,8 @@ logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
                echo: Callable[[str], None] = print) -> optuna.Study:
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
-    ensure_writable(run.paths.root)
-    with creation_lock(run):
-        data, study, storage = _create(run, echo)
+    use_cpu_share()
+    data, study, storage = prepare_search(run, echo)
     slots = SlotStudy(study, trials, slot_lock(storage, run))
     objective = Objective(run, data, echo)
     streak = _FailureStreak(echo)
@@ -59,6 +59,8 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
             slots.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
                            callbacks=[streak], gc_after_trial=True)
         except NoSlot:
+            if count_finished(slots) >= trials:  # the other workers finished the last ones meanwhile
+                break
             if not waiting:
                 echo(f"the last of the {trials} trials are running in other workers: waiting for them")
             waiting = True
@@ -73,6 +75,13 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     if streak.tripped:
         raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
     return slots
+
+
+def prepare_search(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study, RDBStorage]:
+    """The prepared data, the study and its storage: made by the first worker, found by the others."""
+    ensure_writable(run.paths.root)
+    with creation_lock(run):
+        return _create(run, echo)
 
 
 def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.Study, RDBStorage]:
@@ -97,7 +106,7 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
 def _wait_for_others(study: SlotStudy, run: Run, echo: Callable[[str], None]) -> None:
     """Sleep a little, then fail the trials of workers that died (their heartbeat stopped, or their
     process on this host is gone) so that their retries can be claimed."""
-    time.sleep(min(5.0, run.spec.search.heartbeat / 2))
+    time.sleep(min(2.0, run.spec.search.heartbeat / 2))
     optuna.storages.fail_stale_trials(study)
     with study.lock():
         for number in retry_interrupted(study):

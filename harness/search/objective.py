@@ -27,6 +27,7 @@ from ..training.config import TrialConfig
 from ..training.device import device
 from ..training.fit import fit_fold
 from ..training.store import FoldResult, artifact_owner, load_fold, pool_folds
+from ..training.timing import PhaseClock, busy_share, summed
 from .pruners import FOLD_STEP, PRUNERS, progress_step
 from .space import suggest_config
 
@@ -43,18 +44,18 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         start = time.time()
+        clock = PhaseClock(device())  # the trial's seconds by phase, whatever its end
         owner = trial.number  # until the storage says whose folds a retry reuses
         try:
             cfg = suggest_config(trial, self.run, self.data)
             owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
             trial.set_user_attr("artifacts", owner)
             atomic_write_text(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
-            results = self._fit_folds(trial, cfg, owner)
+            results = self._fit_folds(trial, cfg, owner, clock)
             oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
             if len(self.data.task.heads) > 1:
                 trial.set_user_attr("head_scores", self.data.task.head_scores(self.data.y, oof))
-            trial.set_user_attr("seconds", round(time.time() - start, 1))
             return cv
         except optuna.TrialPruned:
             raise
@@ -79,12 +80,14 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             raise
         finally:
+            _quietly(_record_time, trial, clock, time.time() - start)
             _release_memory()
 
-    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int) -> List[FoldResult]:
+    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int, clock: PhaseClock) -> List[FoldResult]:
         fold = self.data.fold
-        images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
-        aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
+        with clock("data"):
+            images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
+            aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
         results: List[FoldResult] = []
         for k in range(self.run.spec.folds):
             out = self.run.paths.fold(owner, k)
@@ -93,7 +96,7 @@ class Objective:
                 on_eval = self._eval_reporter(trial, cfg) if k == 0 and self.per_eval else None
                 result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
                                   np.flatnonzero(fold == k), test_images, k, out, on_eval,
-                                  record={"test_hash": self.data.test_hash}, aux_masks=aux_masks)
+                                  record={"test_hash": self.data.test_hash}, aux_masks=aux_masks, clock=clock)
             results.append(result)
             self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
                       f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
@@ -129,6 +132,16 @@ class Objective:
         reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(trial.study, trial.number, step)
         trial.set_user_attr("pruned", reason)
         raise optuna.TrialPruned(reason)
+
+
+def _record_time(trial: optuna.Trial, clock: PhaseClock, seconds: float) -> None:
+    """The trial's seconds by phase (a pruned or failed trial's too: a search spends them), the share
+    of its wall-clock that ran the model (`busy`) and the training images it stepped through."""
+    timing = summed([clock.seconds])
+    trial.set_user_attr("seconds", round(seconds, 1))
+    trial.set_user_attr("timing", timing)
+    trial.set_user_attr("busy", busy_share(timing, seconds))
+    trial.set_user_attr("images_trained", clock.images)
 
 
 def against(study: optuna.Study, number: int, step: int) -> str:

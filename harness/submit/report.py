@@ -18,7 +18,7 @@ from .ensemble import Ensemble
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, CV, fold scores, params, duration, note; best CV first."""
+    """One row per trial: state, CV, fold scores, params, duration, busy share, note; best CV first."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         folds = t.user_attrs.get("fold_scores", [])
@@ -36,7 +36,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "cv": t.value if t.state == TrialState.COMPLETE else np.nan, **heads,
             "folds": " ".join(f"{s:.3f}" for s in folds),
             **{k: _short(v) for k, v in t.params.items()},
-            "seconds": round(seconds, 1) if seconds is not None else None, "note": note,
+            "seconds": round(seconds, 1) if seconds is not None else None,
+            "busy": t.user_attrs.get("busy"), "note": note,  # share of the seconds that ran the model
         })
     table = pd.DataFrame(rows)
     if table.empty:

@@ -73,15 +73,24 @@ def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.
     return x.contiguous(memory_format=torch.channels_last)
 
 
+_RESIDENT: List[tuple] = []  # (array, device, tensor) of the last upload: the folds of a trial share it
+
+
 def resident_images(images: np.ndarray, dev: torch.device) -> Optional[torch.Tensor]:
     """The whole uint8 array on `dev` as N×C×H×W (channels-last storage), or None when it would
-    take more than a quarter of the free device memory."""
+    take more than a quarter of the free device memory. The same array again (the next fold, or
+    the next trial of the same image size) is not copied again."""
+    if _RESIDENT and _RESIDENT[0][0] is images and _RESIDENT[0][1] == dev:
+        return _RESIDENT[0][2]
+    _RESIDENT.clear()  # the previous upload is freed before a new one is counted and made
     if dev.type == "cuda":
         # memory PyTorch holds in its cache but does not use (the last fold's) is free to us
         free = torch.cuda.mem_get_info(dev)[0] + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         if images.nbytes > free // 4:
             return None
-    return torch.from_numpy(np.array(images)).to(dev).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
+    resident = torch.from_numpy(np.array(images)).to(dev).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
+    _RESIDENT.append((images, dev, resident))
+    return resident
 
 
 def augments_on_device(augment_on: str, policy: str, task_on_device: bool, dev: torch.device) -> bool:

@@ -29,6 +29,7 @@ from .models import MODEL_FAMILIES, normalisation
 from .predict import check_finite, predict_proba
 from .sampling import IMBALANCE, Drawing
 from .store import FoldResult, save_fold
+from .timing import PhaseClock
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -55,19 +56,25 @@ class FoldSetup:
 def fit_fold(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
              val_idx: np.ndarray, test_images: np.ndarray, fold: int, out: FoldPaths,
              on_eval: Optional[EvalCallback] = None, record: Optional[dict] = None,
-             aux_masks: Optional[np.ndarray] = None) -> FoldResult:
+             aux_masks: Optional[np.ndarray] = None, clock: Optional[PhaseClock] = None) -> FoldResult:
     """Train on `train_idx`, early-stop on the metric over `val_idx`, save and return predictions.
 
     `y` is N × H (one column per head); the predictions are N × ΣC, a softmax per head.
     `aux_masks` (N × size × size) are the auxiliary mask head's targets when `cfg.aux_weight` > 0.
     `record` is merged into done.json (the search stores the test listing's hash there).
+    The fold's seconds by phase are returned in `timing`, and charged to `clock` (the trial's) as they pass.
     """
     start = time.time()
-    setup = set_up(cfg, task, images, y, train_idx, fold, aux_masks)
-    history, kept_step = train_steps(cfg, task, setup, y, val_idx, on_eval)
-    result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, kept_step, start)
+    clock = PhaseClock(device(), parent=clock)
+    with clock("setup"):
+        setup = set_up(cfg, task, images, y, train_idx, fold, aux_masks)
+    history, kept_step = train_steps(cfg, task, setup, y, val_idx, on_eval, clock)
+    with clock("predict"):
+        result = predict_fold(cfg, task, setup, y, val_idx, test_images, fold, kept_step, start)
     feed = {"augmented_on": "device" if setup.val_images is not images else "workers"}  # what `auto` chose
-    save_fold(out, result, setup.model, pd.DataFrame(history), cfg.digest(), {**(record or {}), **feed})
+    result.timing = clock.rounded()
+    with clock("save"):  # save_fold adds its own seconds to result.timing (done.json); this charges the trial's
+        save_fold(out, result, setup.model, pd.DataFrame(history), cfg.digest(), {**(record or {}), **feed})
     return result
 
 
@@ -92,7 +99,9 @@ def set_up(cfg: TrialConfig, task: "Task", images: np.ndarray, y: np.ndarray, tr
     if cfg.compile:
         torch._dynamo.reset()  # a fresh model per fold: old graphs would count towards the recompile limit
     net = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update on a GPU, where a small model's step is mostly launches
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=dev.type == "cuda")
     schedule = warmup_cosine(optimizer, cfg.steps)
     amp = amp_dtype(dev)
     return FoldSetup(model=model, net=net, loss_fn=loss_fn.to(dev), batches=batches, optimizer=optimizer,
@@ -109,26 +118,29 @@ def eval_points(steps: int, evals: int) -> List[int]:
 
 
 def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, y: np.ndarray, val_idx: np.ndarray,
-                on_eval: Optional[EvalCallback]) -> Tuple[List[dict], int]:
+                on_eval: Optional[EvalCallback], clock: Optional[PhaseClock] = None) -> Tuple[List[dict], int]:
     """Train `cfg.steps` optimizer steps, validating at `eval_points`; the model ends with the weights
     `cfg.keep` says: the last ones, or the best validation's.
 
     Returns the history (one row per validation) and the step whose weights were kept. Best: the
     better metric, or on a tie the lower validation loss; `cfg.patience` of the steps without one
     stop the fold. `on_eval(progress, score)` is told the share of the steps done (0..1] after each
-    validation.
+    validation. `clock` is charged the training steps and the validations.
     """
+    clock = clock or PhaseClock()
     history: List[dict] = []
     best_score, best_loss, best_step, best_state = None, math.inf, 0, None
     stream = itertools.chain.from_iterable(iter(s.batches) for _ in itertools.count())  # epoch after epoch
     done = 0
     for at in eval_points(cfg.steps, cfg.evals):
         t0 = time.time()
-        train_loss = _train_steps(s, stream, at - done, cfg, at)
+        with clock("train"):
+            train_loss = _train_steps(s, stream, at - done, cfg, at, clock)
         done = at
-        proba = s.predict(s.val_images, val_idx, ["id"])
-        check_finite(proba, f"validation predictions at step {at}", cfg)
-        val_loss, score = task.nll(y[val_idx], proba), task.score(y[val_idx], proba)
+        with clock("validate"):
+            proba = s.predict(s.val_images, val_idx, ["id"])
+            check_finite(proba, f"validation predictions at step {at}", cfg)
+            val_loss, score = task.nll(y[val_idx], proba), task.score(y[val_idx], proba)
         history.append({"step": at, "epoch": round(at / len(s.batches), 2), "train_loss": train_loss,
                         "val_loss": val_loss, cfg.metric: score, "seconds": round(time.time() - t0, 3)})
         if best_score is None or improves(score, val_loss, best_score, best_loss, task.direction):
@@ -150,7 +162,7 @@ def improves(score: float, loss: float, best_score: Optional[float], best_loss: 
     return is_better(score, best_score, direction) or (tie and loss < best_loss)
 
 
-def _train_steps(s: FoldSetup, stream: Iterator, n: int, cfg: TrialConfig, at: int) -> float:
+def _train_steps(s: FoldSetup, stream: Iterator, n: int, cfg: TrialConfig, at: int, clock: PhaseClock) -> float:
     """`n` optimizer steps on the next batches of `stream`; their mean loss (one sync at the end)."""
     dev = next(s.model.parameters()).device
     s.model.train()
@@ -164,6 +176,7 @@ def _train_steps(s: FoldSetup, stream: Iterator, n: int, cfg: TrialConfig, at: i
         s.scaler.update()
         s.schedule.step()
         loss_sum += loss.detach().float()
+        clock.count_images(len(x))
     train_loss = loss_sum.item() / max(1, n)
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} by step {at} (lr {cfg.lr:.2g}): lower search.lr")

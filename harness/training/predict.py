@@ -31,7 +31,8 @@ def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor
     model.eval()
     out = []
     pixels = int(np.prod(images.shape[1:3] if isinstance(images, np.ndarray) else images.shape[2:]))
-    rows = max(1, min(2 * batch_size, PREDICT_PIXELS // max(1, pixels)))  # large images: fewer a batch
+    # large batches on a GPU (a validation is then a few launches), fewer rows for large images
+    rows = max(1, min((8 if dev.type == "cuda" else 2) * batch_size, PREDICT_PIXELS // max(1, pixels)))
     # no_grad, not inference_mode: a compiled model is also trained, and the two modes do not mix well
     with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
         for x in eval_batches(images, index, rows, mean, std):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,14 @@ class FoldResult:
     val_loss: float
     seconds: float
     reused: bool = False
+    timing: Dict[str, float] = field(default_factory=dict)  # seconds by phase (timing.py)
 
 
 def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, history: pd.DataFrame,
               digest: str, record: dict) -> None:
-    """Write the fold's files, `done.json` last; `record` is merged into done.json."""
+    """Write the fold's files, `done.json` last; `record` is merged into done.json, with the fold's
+    seconds by phase (`result.timing`, to which the writing itself is added as `save`)."""
+    started = time.perf_counter()
     out.root.mkdir(parents=True, exist_ok=True)
     compact = (lambda a: a.astype(np.float16)) if result.oof.ndim > 2 else (lambda a: a)  # maps: half size
     np.save(out.oof, compact(result.oof))
@@ -48,9 +52,11 @@ def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, histor
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, checkpoint)
     out.model.write_bytes(checkpoint.getbuffer())
     history.to_csv(out.history, index=False)
+    result.timing["save"] = round(result.timing.get("save", 0.0) + time.perf_counter() - started, 3)
     done = {"fold": result.fold, "score": result.score, "kept_step": result.kept_step,
             "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
-            "config": digest, "n_val": len(result.val_index), "n_test": len(result.test), **record}
+            "config": digest, "n_val": len(result.val_index), "n_test": len(result.test),
+            "timing": result.timing, **record}
     atomic_write_text(out.done, json.dumps(done, indent=1))
 
 
@@ -65,7 +71,8 @@ def load_fold(out: FoldPaths, digest: Optional[str] = None) -> Optional[FoldResu
         return None
     return FoldResult(fold=done["fold"], score=done["score"], val_index=np.load(out.val_index),
                       oof=np.load(out.oof), test=np.load(out.test), kept_step=done["kept_step"],
-                      val_loss=done["val_loss"], seconds=done["seconds"], reused=True)
+                      val_loss=done["val_loss"], seconds=done["seconds"], reused=True,
+                      timing=done.get("timing", {}))
 
 
 def load_trial_folds(paths: RunPaths, owner: int, n_folds: int) -> Optional[List[FoldResult]]:

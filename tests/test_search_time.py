@@ -1,0 +1,108 @@
+"""Where a search's time goes, and several trials at once: each fold's seconds by phase, the trial's
+sums and busy share in `status`, `harness search --workers N` on one study, and the benchmark that
+prints it all."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from harness.search.launch import worker_environments
+from harness.training.feed import resident_images
+from harness.training.timing import PHASES
+from conftest import edit_spec
+from test_benchmarks import run_benchmark
+
+STEPS, BATCH, FOLDS = 6, 8, 2
+
+
+def load(run_dir, name="tiny-folders") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/study.db")
+
+
+def test_each_fold_and_trial_keeps_its_seconds_by_phase_and_status_shows_the_busy_share(
+        class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition(search={"steps": [STEPS], "evals": 2})
+    run_dir = tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1")
+    done = json.loads((run_dir / "trials" / "t0000" / "fold0" / "done.json").read_text())
+    assert set(done["timing"]) == set(PHASES) and all(s > 0 for s in done["timing"].values())
+    (trial,) = load(run_dir).trials
+    timing = trial.user_attrs["timing"]
+    assert set(timing) == {"data", *PHASES}
+    # the phases are parts of the trial's wall-clock, and each fold's are in the trial's sums
+    assert sum(timing.values()) <= trial.user_attrs["seconds"] + 0.1
+    assert timing["train"] >= done["timing"]["train"]
+    assert 0 < trial.user_attrs["busy"] <= 1
+    # every fold trained its steps of full batches (12 images a class, 2 folds: 12 a training fold)
+    assert trial.user_attrs["images_trained"] == FOLDS * STEPS * BATCH
+    board = cli("status", comp, "--run-dir", run_dir).output
+    header, row = board.splitlines()[:2]
+    end = header.index("busy") + len("busy")  # values are right-aligned under their header
+    assert row[:end].split()[-1] == str(trial.user_attrs["busy"])
+
+
+def test_a_failed_trial_still_counts_the_seconds_it_spent(class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition(search={"steps": [STEPS], "lr": [1e6, 2e6]})  # diverges
+    run_dir = tmp_path / "run"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False)
+    failed = load(run_dir).trials[0]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["timing"]["train"] > 0 and failed.user_attrs["images_trained"] > 0
+
+
+def test_search_with_two_workers_runs_trials_side_by_side_to_exactly_the_count(
+        class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition(search={"lr": [1e-3, 3e-3], "weight_decay": [1e-5, 1e-3]})
+    run_dir = tmp_path / "run"
+    out = cli("search", comp, "--run-dir", run_dir, "--trials", "3", "--workers", "2").output
+    study = load(run_dir)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
+    assert TrialState.FAIL not in [t.state for t in study.trials]
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes trained
+    assert re.search(r"^w1: .*trial \d+ complete", out, re.M) and re.search(r"^w2: ", out, re.M)
+    assert out.count("recipe scratch_small") == 1  # the study was made once, before the workers
+    assert out.strip().splitlines()[-1].startswith("3 finished trials")
+
+
+def test_bad_input_with_workers_is_said_once_before_any_worker_starts(class_folder_competition, cli, tmp_path):
+    comp = edit_spec(class_folder_competition(), train__images="no-such-folder")
+    result = cli("search", comp, "--run-dir", tmp_path / "run", "--workers", "2", ok=False)
+    assert result.exit_code != 0
+    assert "no-such-folder" in result.output and "w1:" not in result.output
+
+
+def test_workers_get_one_gpu_each_round_robin_and_a_share_of_the_cores():
+    envs = worker_environments(4, base={}, gpus=2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
+    envs = worker_environments(3, base={"CUDA_VISIBLE_DEVICES": "3,5"}, gpus=2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3", "5", "3"]
+    one_gpu = worker_environments(3, base={}, gpus=1)  # they share it
+    assert all("CUDA_VISIBLE_DEVICES" not in e for e in one_gpu)
+    cpu = worker_environments(2, base={}, gpus=0)
+    assert cpu[0]["OMP_NUM_THREADS"] == cpu[0]["HARNESS_CPUS"] and [e["HARNESS_WORKER"] for e in cpu] == ["1", "2"]
+
+
+def test_device_copy_of_the_images_is_made_once_for_the_folds_of_a_trial():
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    first = resident_images(images, torch.device("cpu"))
+    assert resident_images(images, torch.device("cpu")) is first
+    assert resident_images(images.copy(), torch.device("cpu")) is not first
+
+
+def test_search_throughput_benchmark_smoke(class_folder_competition):
+    result = run_benchmark("search_throughput.py", "--competition", class_folder_competition(search={
+        "steps": [STEPS]}), "--trials", "2", "--workers", "1,2", "--ceiling-steps", "1")
+    (row,) = result["results"]
+    one, two = row["arms"]
+    assert (one["workers"], two["workers"]) == (1, 2)
+    for arm in (one, two):
+        assert arm["trials"] == {"complete": 2, "pruned": 0, "fail": 0}
+        assert arm["images_trained"] == 2 * FOLDS * STEPS * BATCH
+        assert arm["gpu_util"] is None and 0 < arm["busy"] <= 1 and arm["ceiling_share"] > 0
+        assert set(arm["timing"]) == {"data", *PHASES}
+    assert "speedup" in row and list(row["ceiling_img_s"]) == ["resnet10t/16/8"]
