@@ -77,7 +77,7 @@ def validate(run: Run) -> None:
 @click.option("--timeout", type=float, help="Stop starting trials after this many seconds.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
-                   "GPUs one per 16 GiB of each GPU's memory, at most 4 a GPU and half the CPU cores].")
+                   "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
 def search(run: Run, trials: int, timeout: float | None, workers: int | None) -> None:
     """Search until the study holds --trials finished trials."""
     from .search import count_finished, open_study, run_search

@@ -27,17 +27,35 @@ MAX_WORKERS_PER_GPU = 4  # beyond it time-slicing adds little and each process h
 
 def default_worker_count() -> int:
     """Workers when `--workers` is not given: 1 on a CPU (trials would share its cores); on GPUs,
-    per GPU one per 16 GiB of its memory (at most 4), and no more than half the CPU cores."""
-    import torch
-
-    if not torch.cuda.is_available():
+    per GPU one per 16 GiB of its free memory (at most 4), and no more than half the CPU cores."""
+    free = gpu_free_memory()
+    if not free:
         return 1
-    per_gpu = [min(MAX_WORKERS_PER_GPU, max(1, torch.cuda.get_device_properties(i).total_memory // MEMORY_PER_WORKER))
-               for i in range(torch.cuda.device_count())]
+    per_gpu = [min(MAX_WORKERS_PER_GPU, max(1, f // MEMORY_PER_WORKER)) for f in free]
     return max(1, min(sum(per_gpu), (os.cpu_count() or 2) // 2))
 
 
-def worker_environments(n: int, base: Optional[Dict[str, str]] = None, gpus: Optional[int] = None) -> List[Dict[str, str]]:
+def gpu_free_memory() -> List[int]:
+    """Bytes free on each visible GPU: NVML's figure (what other processes use is not free), else
+    the GPU's whole memory; none on a CPU. Nothing is allocated on the GPUs to find out."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    totals = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip().isdigit()]
+        indices = [int(d) for d in visible] or list(range(len(totals)))
+        return [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free for i in indices]
+    except Exception:  # noqa: BLE001 - no NVML (or GPUs named by UUID): their whole memory
+        return totals
+
+
+def worker_environments(n: int, base: Optional[Dict[str, str]] = None,
+                        gpus: Optional[int] = None) -> List[Dict[str, str]]:
     """The environment of each of `n` workers: one GPU each, round robin over the visible ones
     (`gpus` of them), and an equal share of the CPU cores."""
     base = dict(os.environ if base is None else base)
