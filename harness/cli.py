@@ -52,6 +52,7 @@ def run_options(command: Callable) -> Callable:
 
 
 @click.group()
+@click.version_option(package_name="harness", message="harness %(version)s")
 def main() -> None:
     """AutoML harness for image competitions."""
 
@@ -78,7 +79,8 @@ def validate(run: Run) -> None:
 @click.option("--workers", type=click.IntRange(min=1),
               help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
                    "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
-def search(run: Run, trials: int, timeout: float | None, workers: int | None) -> None:
+@click.option("--quiet", is_flag=True, help="A line per trial; no progress or fold lines.")
+def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool) -> None:
     """Search until the study holds --trials finished trials."""
     from .search import count_finished, open_study, run_search
     from .search.launch import default_worker_count, run_workers
@@ -86,10 +88,10 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None) ->
     workers = workers or default_worker_count()
     try:
         if workers > 1:
-            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=click.echo)
+            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=click.echo, quiet=quiet)
             study = open_study(run, create=False)
         else:
-            study = run_search(run, trials, timeout, echo=click.echo)
+            study = run_search(run, trials, timeout, echo=click.echo, quiet=quiet)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
@@ -102,14 +104,23 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None) ->
 
 @main.command()
 @run_options
-def status(run: Run) -> None:
-    """Leaderboard: trial, state, CV, fold scores, params, duration."""
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="csv and json: every column, for scripts and spreadsheets.")
+def status(run: Run, fmt: str) -> None:
+    """Leaderboard: trial, state, CV, fold scores, params, duration, busy share, note."""
     from .search import open_study
     from .submit.report import leaderboard
 
     table = leaderboard(open_study(run, create=False))
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
-        click.echo(table.to_string(index=False, na_rep="-") if not table.empty else "no trials yet")
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        click.echo(table.to_json(orient="records", indent=1) if not table.empty else "[]")
+    elif table.empty:
+        click.echo("no trials yet")
+    else:  # notes (why a trial failed or was pruned) in full
+        with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", None):
+            click.echo(table.to_string(index=False, na_rep="-"))
 
 
 @main.command()
@@ -119,6 +130,20 @@ def submit(run: Run) -> None:
     from .submit import make_submission
 
     make_submission(run, echo=click.echo)
+
+
+@main.command()
+@run_options
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
+              help="The csv to write: image, the target column(s), each class's probability.")
+def predict(run: Run, images: tuple, out: str) -> None:
+    """Predict IMAGES (files, or folders searched recursively) with the run's ensemble (after submit)."""
+    from pathlib import Path
+
+    from .submit.predict import predict_images
+
+    predict_images(run, images, Path(out), echo=click.echo)
 
 
 @main.command("list")

@@ -104,6 +104,9 @@ class RunPaths:
     def trial_error(self, number: int) -> Path:
         return self.trial_dir(number) / "error.txt"
 
+    def trial_oof_csv(self, number: int) -> Path:
+        return self.trial_dir(number) / "oof.csv"
+
     def fold(self, number: int, fold: int) -> FoldPaths:
         return FoldPaths(self.trial_dir(number) / f"fold{fold}")
 

@@ -77,7 +77,8 @@ def worker_environments(n: int, base: Optional[Dict[str, str]] = None,
     return envs
 
 
-def worker_command(run: Run, competition: str, trials: int, timeout: Optional[float]) -> List[str]:
+def worker_command(run: Run, competition: str, trials: int, timeout: Optional[float],
+                   quiet: bool = False) -> List[str]:
     """The `harness search` command line of one worker: this run's folder, data, storage and overrides."""
     cmd = [sys.executable, "-m", "harness", "search", competition, "--workers", "1", "--trials", str(trials),
            "--run-dir", str(run.paths.root), "--data-root", str(run.data_root), "--storage", run.storage_url]
@@ -85,11 +86,11 @@ def worker_command(run: Run, competition: str, trials: int, timeout: Optional[fl
         cmd += ["--set", item]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
-    return cmd
+    return cmd + (["--quiet"] if quiet else [])
 
 
 def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: Optional[float] = None,
-                echo: Callable[[str], None] = print) -> None:
+                echo: Callable[[str], None] = print, quiet: bool = False) -> None:
     """Prepare the study once, then run `workers` worker processes on it until it holds `trials`
     finished trials; their output is relayed, each line tagged with its worker. Raises SearchStopped
     naming the first worker that stopped with an error."""
@@ -97,7 +98,7 @@ def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: 
 
     prepare_search(run, echo)
     envs = worker_environments(workers)
-    cmd = worker_command(run, competition, trials, timeout)
+    cmd = worker_command(run, competition, trials, timeout, quiet)
     echo(f"{workers} workers on {run.storage_url}" + _devices_note(envs))
     lock = threading.Lock()
     procs, relays, last = [], [], {}

@@ -41,12 +41,13 @@ logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
 
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
-               echo: Callable[[str], None] = print) -> optuna.Study:
-    """Run until the study holds `trials` finished trials (or `timeout` seconds pass)."""
+               echo: Callable[[str], None] = print, quiet: bool = False) -> optuna.Study:
+    """Run until the study holds `trials` finished trials (or `timeout` seconds pass); `quiet`:
+    a line per trial, none per fold."""
     use_cpu_share()
     data, study, storage = prepare_search(run, echo)
     slots = SlotStudy(study, trials, slot_lock(storage, run))
-    objective = Objective(run, data, echo)
+    objective = Objective(run, data, echo, quiet)
     streak = _FailureStreak(echo)
     deadline = time.time() + timeout if timeout else None
     waiting = False

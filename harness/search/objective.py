@@ -28,15 +28,16 @@ from ..training.device import device
 from ..training.fit import fit_fold
 from ..training.store import FoldResult, artifact_owner, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
-from .pruners import FOLD_STEP, PRUNERS, progress_step
+from .progress import FoldProgress
+from .pruners import PRUNERS, fold_step, progress_step
 from .space import suggest_config
 
 
 class Objective:
     """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
 
-    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print) -> None:
-        self.run, self.data, self.echo = run, data, echo
+    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False) -> None:
+        self.run, self.data, self.echo, self.quiet = run, data, echo, quiet
         self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
 
@@ -54,6 +55,7 @@ class Objective:
             results = self._fit_folds(trial, cfg, owner, clock)
             oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
+            self._write_oof_csv(owner, oof)
             if len(self.data.task.heads) > 1:
                 trial.set_user_attr("head_scores", self.data.task.head_scores(self.data.y, oof))
             return cv
@@ -92,35 +94,59 @@ class Objective:
         for k in range(self.run.spec.folds):
             out = self.run.paths.fold(owner, k)
             result = load_fold(out, cfg.digest())
+            prefix = f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}"
             if result is None:
-                on_eval = self._eval_reporter(trial, cfg) if k == 0 and self.per_eval else None
-                result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
-                                  np.flatnonzero(fold == k), test_images, k, out, on_eval,
-                                  record={"test_hash": self.data.test_hash}, aux_masks=aux_masks, clock=clock)
+                progress = None if self.quiet else FoldProgress(self.echo, prefix, cfg.steps, cfg.metric)
+                try:
+                    result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
+                                      np.flatnonzero(fold == k), test_images, k, out,
+                                      self._eval_reporter(trial, cfg, k, progress),
+                                      record={"test_hash": self.data.test_hash}, aux_masks=aux_masks, clock=clock)
+                finally:
+                    if progress is not None:
+                        progress.close()
             results.append(result)
-            self.echo(f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}: {cfg.metric} "
-                      f"{result.score:.4f}" + (" (reused from disk)" if result.reused else
-                                               f" (weights of step {result.kept_step}, {result.seconds:.0f} s)"))
+            if not self.quiet:
+                self.echo(f"{prefix}: {cfg.metric} {result.score:.4f}" + (
+                    " (reused from disk)" if result.reused else
+                    f" (weights of step {result.kept_step}, {result.seconds:.0f} s)"))
             trial.set_user_attr("fold_scores", [r.score for r in results])
+            trial.set_user_attr(f"fold{k + 1}", result.score)  # one number each: a dashboard sorts by it
             trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
             self._report_fold(trial, results)
         return results
 
-    def _eval_reporter(self, trial: optuna.Trial, cfg: TrialConfig) -> Callable[[float, float], None]:
-        def report(progress: float, score: float) -> None:
-            if np.isnan(score):
+    def _write_oof_csv(self, owner: int, oof: np.ndarray) -> None:
+        """oof.csv beside the folds: id (the image as listed), fold, and the task's columns."""
+        frame = self.data.task.oof_frame(self.data.y, oof)
+        frame.insert(0, "id", self.data.samples.train["listed"].to_numpy())
+        frame.insert(1, "fold", self.data.fold)
+        atomic_write_text(self.run.paths.trial_oof_csv(owner), frame.to_csv(index=False))
+
+    def _eval_reporter(self, trial: optuna.Trial, cfg: TrialConfig, k: int,
+                       progress: Optional[FoldProgress]) -> Optional[Callable[[float, float], None]]:
+        """What each validation of fold `k` is told to: the progress line, and on the first fold the
+        pruner (when it looks at validations)."""
+        prunes = k == 0 and self.per_eval
+        if progress is None and not prunes:
+            return None
+
+        def report(done: float, score: float) -> None:
+            if progress is not None:
+                progress(done, score)
+            if not prunes or np.isnan(score):
                 return
-            step = progress_step(progress)
+            step = progress_step(done)
             trial.report(score, step)
             if trial.should_prune():
-                where = f"at {step}% of fold 1 (step {round(progress * cfg.steps)} of {cfg.steps})"
+                where = f"at {step}% of fold 1 (step {round(done * cfg.steps)} of {cfg.steps})"
                 self._prune(trial, where, score, step)
         return report
 
     def _report_fold(self, trial: optuna.Trial, results: List[FoldResult]) -> None:
         scores = [r.score for r in results]
         if self.per_eval:
-            step, value = FOLD_STEP + len(results) - 1, float(np.nanmean(scores))
+            step, value = fold_step(len(results)), float(np.nanmean(scores))
         else:
             step, value = len(results) - 1, scores[-1]
         trial.report(value, step)

@@ -2,8 +2,9 @@
 
 A pruner is an Optuna pruner plus `per_eval`: whether the objective reports each validation of
 the first fold, at its progress in percent of the fold's steps (so that trials of other budgets
-are compared at equal progress), then the running CV after each fold at `FOLD_STEP` + fold; or
-only each fold's score. No trial is pruned before `search.prune_warmup` of its first fold:
+are compared at equal progress: steps 1-100), then the running CV after each fold (`fold_step`:
+101 after the first, 201 after the second …, so a dashboard's plot of them reads evenly); or
+only each fold's score (at the fold's index). No trial is pruned before `search.prune_warmup` of its first fold:
 from scratch, learning curves stay flat for the first part of training.
 """
 from __future__ import annotations
@@ -18,7 +19,12 @@ if TYPE_CHECKING:
     from ..config.spec import SearchSpace
 
 PRUNERS = Registry("pruner")
-FOLD_STEP = 10_000  # per-fold reports sit after the per-validation steps (percent of fold 0)
+
+
+def fold_step(folds_done: int) -> int:
+    """The step the running CV after `folds_done` folds is reported at: just after the first fold's
+    percent steps, a hundred apart."""
+    return 100 * folds_done + 1
 
 
 def progress_step(progress: float) -> int:

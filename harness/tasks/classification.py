@@ -74,6 +74,19 @@ class ClassificationTask(TaskType):
         return np.stack([predict_labels(proba[:, h.cols], (thresholds or {}).get(h.name))
                          for h in self.heads], axis=1)
 
+    def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> pd.DataFrame:
+        """Per image and head: the true class, the predicted one (highest probability) and each
+        class's probability (as pooled: percentiles within the fold for rank metrics)."""
+        import pandas as pd
+
+        columns = {}
+        for i, h in enumerate(self.heads):
+            tag = "" if len(self.heads) == 1 else f"{h.name}."
+            columns[f"{tag}target"] = np.asarray(h.classes, dtype=object)[y[:, i]]
+            columns[f"{tag}prediction"] = np.asarray(h.classes, dtype=object)[oof[:, h.cols].argmax(1)]
+            columns.update({f"{tag}p.{c}": oof[:, h.offset + j].round(6) for j, c in enumerate(h.classes)})
+        return pd.DataFrame(columns)
+
     def nll(self, y: np.ndarray, proba: np.ndarray) -> float:
         rows = np.arange(len(y))
         return float(sum(-np.log(np.clip(proba[rows, h.offset + y[:, i]], 1e-7, 1.0)).mean()

@@ -142,6 +142,13 @@ class SegmentationTask(TaskType):
         crop = [A.PadIfNeeded(min_height=size, min_width=size), A.RandomCrop(height=size, width=size)]
         return MaskDataset(images, y, train_idx, A.Compose(list(policy.transforms) + crop))
 
+    def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> "pd.DataFrame":
+        """Per image: the metric of its OOF probability map, to find the worst ones."""
+        import pandas as pd
+
+        return pd.DataFrame({self.heads[0].metric: [round(self.score(y[i:i + 1], oof[i:i + 1]), 6)
+                                                    for i in range(len(y))]})
+
     def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):
         """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""
         return [(self.heads[0], y.ravel(), labels.ravel(), None)]

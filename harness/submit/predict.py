@@ -1,0 +1,98 @@
+"""`harness predict`: the run's ensemble (its members, weights, cut-offs and TTA, as `submit` chose
+them) on images that are not the competition's test set, into a csv of the user's choosing.
+
+Nothing of the run is changed: the submission, ensemble.json and the fold store stay as they are.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config.paths import Run, atomic_write_text
+from ..data.prepare import SearchData, prepare_data
+from ..errors import SpecError
+from ..search.study import open_study
+from ..training.config import TrialConfig
+from ..training.predict import predict_from_checkpoint
+from ..training.store import load_trial_folds, pool_folds
+from .formats import submission_frame
+
+
+def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[str], None] = print) -> Path:
+    """Predict the images (files, or folders searched recursively) with the run's ensemble; write `out`:
+    the image path as given, the competition's target column(s), and each class's probability."""
+    data = prepare_data(run)
+    if data.task.mask_submission:
+        raise SpecError(f"predict writes a label per image; task {run.spec.task} predicts masks: use "
+                        "`harness submit --set test.images=FOLDER --run-dir …` on a copy of the run")
+    record = _ensemble_record(run)
+    paths = list_inputs(inputs, run.spec.test.extensions)
+    frame = pd.DataFrame({"path": [str(p) for p in paths]})
+    owners = _artifact_owners(run, [int(n) for n in record["weights"]])
+    proba = 0.0
+    for number, weight in record["weights"].items():
+        proba = proba + weight * _trial_proba(run, data, owners[int(number)], frame)
+    table = submission_frame(run.spec, data.task, frame["path"], proba, record.get("thresholds", {}))
+    table = table.rename(columns={run.spec.submission.id_column: "image"})
+    for head in data.task.heads:
+        tag = "" if len(data.task.heads) == 1 else f"{head.name}."
+        for j, c in enumerate(head.classes):
+            table[f"{tag}p.{c}"] = proba[:, head.offset + j].round(6)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False))
+    echo(f"wrote {out} ({len(table)} images, ensemble of trial(s) "
+         f"{', '.join('#' + n for n in record['weights'])})")
+    return out
+
+
+def list_inputs(inputs: Sequence[str], extensions: Sequence[str]) -> List[Path]:
+    """The image files named, and those under the folders named (recursively, by extension)."""
+    exts = {e.lower() for e in extensions}
+    paths: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+            if not found:
+                raise SpecError(f"{path}: no images ({', '.join(sorted(exts))}) in this folder")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise SpecError(f"{path}: no such file or folder")
+    if not paths:
+        raise SpecError("predict: name at least one image or folder")
+    return paths
+
+
+def _ensemble_record(run: Run) -> dict:
+    if not run.paths.ensemble_json.is_file():
+        raise SpecError(f"{run.paths.ensemble_json}: no ensemble yet: run `harness submit` first, which "
+                        "chooses the ensemble predict uses")
+    return json.loads(run.paths.ensemble_json.read_text())
+
+
+def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:
+    """Each trial's folder: a retried trial's folds are its original's."""
+    trials = {t.number: t for t in open_study(run, create=False).get_trials(deepcopy=False)}
+    missing = [n for n in numbers if n not in trials]
+    if missing:
+        raise SpecError(f"{run.paths.ensemble_json}: trial {missing[0]} is not in the study: run `harness "
+                        "submit` again")
+    return {n: int(trials[n].user_attrs.get("artifacts", n)) for n in numbers}
+
+
+def _trial_proba(run: Run, data: SearchData, owner: int, frame: pd.DataFrame) -> np.ndarray:
+    """One trial's prediction: each fold model's (with the trial's TTA), pooled as the CV pools them."""
+    cfg = TrialConfig(**json.loads(run.paths.trial_config(owner).read_text()))
+    folds = load_trial_folds(run.paths, owner, run.spec.folds)
+    if folds is None:
+        raise SpecError(f"{run.paths.trial_dir(owner)}: a fold of this ensemble member is missing: run `harness "
+                        "submit` again to choose among the trials still on disk")
+    images = data.task.load_images(frame, cfg.image_size, data.channels, None)
+    tests = [predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, f.fold), images) for f in folds]
+    return pool_folds(folds, len(data.samples.train), data.task, tests)[1]
