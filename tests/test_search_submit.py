@@ -145,7 +145,7 @@ def test_bad_input_that_only_training_would_meet_is_refused_by_validate(class_fo
                                                                         tmp_path):
     comp = class_folder_competition()
     result = cli("validate", comp, "--set", "search.pretrained=nowhere/weights.pth", ok=False)
-    assert "'search.pretrained': pretrained weights file nowhere/weights.pth does not exist" in result.output
+    assert "'search.pretrained': weights file nowhere/weights.pth does not exist" in result.output
     result = cli("validate", comp, "--set", "search.steps=[", ok=False)
     assert "--set 'search.steps=[': the value is not valid YAML" in result.output
     patience = cli("validate", comp, "--set", "search.patience=0", ok=False).output

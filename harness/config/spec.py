@@ -94,7 +94,9 @@ class SearchSpace:
     # that is optimistic by the choice)
     keep: str = field(default="last", metadata={"choices": ["last", "best"]})
     prune_warmup: float = 0.3  # share of the first fold's steps before a trial may be pruned
-    pretrained: Union[bool, str] = True  # true: timm hub / offline cache; a path: local weights
+    # auto: cached weights, else from scratch; true: cached or downloaded; false; a weights file; or a
+    # mapping backbone: file (training/weights.py)
+    pretrained: Union[bool, Dict[str, str], str] = "auto"
     pruner: str = field(default="median", metadata=_choices("harness.search.pruners:PRUNERS"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
     num_workers: Optional[int] = None  # DataLoader workers; default 0 on CPU, up to 8 on GPU

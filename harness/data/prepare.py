@@ -63,12 +63,9 @@ def prepare_data(run: "Run") -> SearchData:
 
 
 def check_trainable(run: "Run", data: SearchData) -> None:
-    """What only training needs, checked before any trial: the weights file `pretrained` names
-    exists, and the task's models build (a ViT has no feature pyramid for a decoder)."""
-    from ..training.models import weights_file
+    """What only training needs, checked before any trial: every backbone's weights are there
+    (`training/weights.py`), and the task's models build (a ViT has no feature pyramid for a decoder)."""
+    from ..training.weights import weights_plan
 
-    try:
-        weights_file(run.spec.search.pretrained)
-    except FileNotFoundError as err:
-        raise SpecError(f"'search.pretrained': {err}: give an existing file, or true / false") from None
+    weights_plan(run.spec.search.pretrained, run.spec.search.backbones)
     data.task.check_buildable(run.spec.search, data.channels)

@@ -11,6 +11,7 @@ from ..training.config import TrialConfig
 from ..training.device import default_workers
 from ..training.models import MASK_SCORE_WEIGHT
 from ..training.recipes import RECIPES, projected, recipe_names
+from ..training.weights import resolve_weights
 
 
 def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
@@ -36,7 +37,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
         batch_size=trial.suggest_categorical("batch_size", s.batch_size),
         steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience, keep=s.keep,
-        pretrained=s.pretrained, tta=s.tta, seed=run.spec.seed,
+        pretrained=resolve_weights(s.pretrained, backbone), tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.task.width,
         num_workers=default_workers() if s.num_workers is None else s.num_workers,

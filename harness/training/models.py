@@ -1,8 +1,9 @@
 """Model families: timm backbones with a classification head, and their pretrained weights.
 
-`pretrained` is `false` (random init), `true` (timm's hub loading, which also uses the local
-Hugging Face cache when offline) or a path to a local weights file (loaded through timm's own
-`pretrained_cfg_overlay=dict(file=...)`, so the head and input channels are adapted as timm does).
+`pretrained` is what `weights.resolve_weights` made of the spec's value: `false` (random init),
+`true` (timm's hub download) or a path to a local weights file, a cached download included (loaded
+through timm's own `pretrained_cfg_overlay=dict(file=...)`, so the head and input channels are
+adapted as timm does).
 The segmentation family (`smp_model`, smp decoders on timm encoders) reads `pretrained` the same way.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 import optuna
 
 from ..registry import Registry
+from .weights import uses_weights
 
 if TYPE_CHECKING:
     from ..config.spec import Competition
@@ -67,7 +68,7 @@ def recipe_names(spec: "Competition") -> List[str]:
 
 def _auto(spec: "Competition") -> List[str]:
     """For each model family the spec searches, the first recipe for its task and weights."""
-    weights = bool(spec.search.pretrained)
+    weights = uses_weights(spec.search.pretrained, spec.search.backbones)
     out = []
     for family in spec.search.families:
         for name in RECIPES.names():
