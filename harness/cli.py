@@ -139,6 +139,15 @@ def submit(run: Run) -> None:
 
 @main.command()
 @run_options
+def report(run: Run) -> None:
+    """Write report.html: search, learning curves, confusion, ROC/PR, worst OOF predictions, trials."""
+    from .submit import make_report
+
+    make_report(run, echo=click.echo)
+
+
+@main.command()
+@run_options
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
               help="The csv to write: image, the target column(s), each class's probability.")

@@ -90,6 +90,8 @@ def test_each_head_learns_its_own_signal_and_is_submitted(faces, cli, tmp_path):
     right = [(r.Corner, r.Colour) == truth[r.path] for r in sub.itertuples()]
     assert np.mean(right) >= 0.75
     assert (run_dir / "confusion_matrix_colour.csv").is_file()
+    page = (run_dir / "report.html").read_text()  # a section per head, with its own confusion and mistakes
+    assert "<h2>corner</h2>" in page and "<h2>colour</h2>" in page and page.count('alt="confusion matrix"') == 2
 
 
 def test_multihead_spec_errors(faces):

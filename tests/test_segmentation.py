@@ -1,5 +1,6 @@
 """Segmentation competitions: TIFF volumes and image/mask pairs, block folds, masks in three formats."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -105,6 +106,8 @@ def test_tiff_volume_search_and_submit(volume, cli, tmp_path):
     assert oof.shape == (4, 48, 48) and oof.dtype == np.float16
     out = cli("submit", volume, "--run-dir", run_dir).output
     assert "OOF dice" in out and "best OOF dice" in out
+    page = (run_dir / "report.html").read_text()  # the worst images: image | truth | prediction
+    assert re.search(r'<img alt="The \d images with the lowest OOF dice" src="data:image/png;base64,', page), page[:300]
     labels = tifffile.imread(run_dir / "test-labels.tif")
     assert labels.shape == (4, 48, 48) and set(np.unique(labels)) <= {0, 255}
     record = json.loads((run_dir / "ensemble.json").read_text())

@@ -88,9 +88,6 @@ class RunPaths:
     def confusion_csv(self, head: Optional[str] = None) -> Path:
         return self.root / (f"confusion_matrix_{head}.csv" if head else "confusion_matrix.csv")
 
-    def roc_png(self, head: Optional[str] = None) -> Path:
-        return self.root / (f"roc_{head}.png" if head else "roc.png")
-
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"

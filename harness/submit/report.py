@@ -1,7 +1,7 @@
-"""What a user reads: the study leaderboard and the data summary of `harness validate`."""
+"""What a user reads: the study leaderboard, the data summary of `harness validate`, the OOF
+confusion matrices and cut-offs (report.html is `page.py`)."""
 from __future__ import annotations
 
-import html
 from typing import Dict, List
 
 import numpy as np
@@ -75,10 +75,8 @@ def _short(value):
 
 
 def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, dict]:
-    """Per head: the ensemble's OOF confusion matrix and, for a binary head, cut-off figures and ROC.
-
-    Writes confusion_matrix*.csv (and roc*.png); returns the figures by head.
-    """
+    """Per head: the ensemble's OOF confusion matrix (class names on both axes) and, for a binary
+    head, its cut-off with sensitivity and specificity. Writes confusion_matrix*.csv."""
     labels = data.task.labels(ens.oof, ens.thresholds)
     arrays = data.task.report_arrays(data.y, ens.oof, labels)
     out = {}
@@ -86,16 +84,13 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
         tag = None if len(arrays) == 1 else head.name
         matrix = pd.DataFrame(skm.confusion_matrix(truth, predicted, labels=np.arange(len(head.classes))),
                               index=[f"true {c}" for c in head.classes],
-                              columns=[f"pred {c}" for c in head.classes])
+                              columns=[f"predicted {c}" for c in head.classes])
         matrix.to_csv(paths.confusion_csv(tag))
         figures = {"confusion_matrix": matrix}
         if head.name in ens.thresholds:
             tn, fp, fn, tp = matrix.to_numpy().ravel()
             figures.update(cutoff=ens.thresholds[head.name], cutoff_rule=ens.threshold_rules[head.name],
                            sensitivity=float(tp / max(tp + fn, 1)), specificity=float(tn / max(tn + fp, 1)))
-            if scores is not None:
-                figures["roc"] = paths.roc_png(tag).name
-                plot_roc(truth, scores, data.fold, figures, paths.roc_png(tag))
         out[head.name] = figures
     return out
 
@@ -113,45 +108,3 @@ def oof_lines(figures: Dict[str, dict]) -> List[str]:
             lines.append(prefix + cutoff_text(f))
         lines.append(f"{prefix}OOF confusion matrix:\n" + f["confusion_matrix"].to_string())
     return lines
-
-
-def write_report_page(paths: RunPaths, title: str, summary: List[str], figures: Dict[str, dict],
-                      board: pd.DataFrame) -> None:
-    """One page beside the run's files (ROC images are linked, not embedded)."""
-    parts = [f"<h1>{html.escape(title)}</h1>", "<ul>"]
-    parts += [f"<li>{html.escape(line)}</li>" for line in summary]
-    parts.append("</ul>")
-    for head, f in figures.items():
-        parts.append(f"<h2>{html.escape(head)}: OOF confusion matrix</h2>" + f["confusion_matrix"].to_html())
-        if "cutoff" in f:
-            parts.append(f"<p>{html.escape(cutoff_text(f))}</p>")
-        if "roc" in f:
-            parts.append(f'<img src="{f["roc"]}" alt="ROC curves">')
-    parts.append("<h2>Trials</h2>" + board.to_html(index=False, na_rep=""))
-    page = "<!doctype html><meta charset=utf-8><title>{}</title><style>body{{font-family:sans-serif}}" \
-           "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>{}"
-    paths.report_html.write_text(page.format(html.escape(title), "\n".join(parts)))
-
-
-def plot_roc(y: np.ndarray, p1: np.ndarray, fold: np.ndarray, figures: dict, path) -> None:
-    """ROC of each fold and of the pooled OOF, with the cut-off (`figures` of `oof_report`) marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for k in np.unique(fold):
-        rows = fold == k
-        if len(np.unique(y[rows])) == 2:
-            skm.RocCurveDisplay.from_predictions(y[rows], p1[rows], name=f"fold {k}", ax=ax,
-                                                 curve_kwargs={"alpha": 0.5})
-    skm.RocCurveDisplay.from_predictions(y, p1, name="pooled OOF", ax=ax,
-                                         curve_kwargs={"color": "black"})
-    ax.plot([1 - figures["specificity"]], [figures["sensitivity"]], "o", color="red",
-            label=f"cut-off {figures['cutoff']:.3f}")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

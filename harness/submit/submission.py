@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import numpy as np
+import optuna
 from optuna.trial import TrialState
 
 from ..config.paths import Run, atomic_write_text
@@ -17,24 +18,49 @@ from ..training.predict import predict_from_checkpoint
 from ..training.store import load_trial_folds, pool_folds, read_done
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
-from .report import leaderboard, oof_lines, oof_report, write_report_page
+from .page import write_report
+from .report import oof_lines, oof_report
 
 
-def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
-    """Write `<run-dir>/<submission.file>` and `ensemble.json`; returns the submission's path."""
+def run_ensemble(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study,
+                                                                        List[TrialPredictions], Ensemble]:
+    """The prepared data, the study, every complete trial's predictions and their greedy ensemble."""
     data = prepare_data(run)
     study = open_study(run, create=False)
     preds = load_trial_predictions(run, study, data, echo)
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
                         "(pruned and failed trials are left out): run `harness search` first")
-    ens = build_ensemble(preds, data.y, data.task)
+    return data, study, preds, build_ensemble(preds, data.y, data.task)
+
+
+def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
+    """Write `<run-dir>/<submission.file>`, `ensemble.json` and report.html; returns the submission's path."""
+    data, study, preds, ens = run_ensemble(run, echo)
     test = ens.blend({p.number: p.test for p in preds})
     written = FORMATS.get(run.spec.submission.format)(run, data, test, ens.thresholds)
     figures = oof_report(run.paths, data, ens)
     record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
                                                       for h, f in figures.items()}}
     atomic_write_text(run.paths.ensemble_json, json.dumps(record, indent=1))
+    summary = _summary(run, data, preds, ens)
+    write_report(run, data, study, ens, summary, figures)
+    for line in summary + oof_lines(figures):
+        echo(line)
+    echo(f"wrote {written} and {run.paths.report_html}")
+    return run.paths.submission(run.spec.submission.file)
+
+
+def make_report(run: Run, echo: Callable[[str], None] = print) -> Path:
+    """Write report.html (and the confusion matrices) of the ensemble `submit` would choose now;
+    the submission and ensemble.json are left as they are."""
+    data, study, preds, ens = run_ensemble(run, echo)
+    write_report(run, data, study, ens, _summary(run, data, preds, ens), oof_report(run.paths, data, ens))
+    echo(f"wrote {run.paths.report_html}")
+    return run.paths.report_html
+
+
+def _summary(run: Run, data: SearchData, preds: List[TrialPredictions], ens: Ensemble) -> List[str]:
     metric = run.spec.metric
     summary = [f"ensemble of {len(ens.weights)} trial(s) {_weights_text(ens)}: OOF {metric} {ens.score:.4f}",
                f"best single trial {ens.best_single}: OOF {metric} {ens.best_single_score:.4f}"
@@ -42,12 +68,7 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     if len(data.task.heads) > 1:
         summary.append("ensemble per head: " + ", ".join(
             f"{h} {v:.4f}" for h, v in data.task.head_scores(data.y, ens.oof, ens.thresholds).items()))
-    cutoffs = [line for line in oof_lines(figures) if "confusion matrix" not in line]  # tables on the page
-    write_report_page(run.paths, f"{run.spec.name}: {metric}", summary + cutoffs, figures, leaderboard(study))
-    for line in summary + oof_lines(figures):
-        echo(line)
-    echo(f"wrote {written} and {run.paths.report_html}")
-    return run.paths.submission(run.spec.submission.file)
+    return summary
 
 
 def _threshold_note(ens: Ensemble, preds: List[TrialPredictions]) -> str:
