@@ -80,3 +80,11 @@ def test_predict_new_images_with_the_runs_ensemble_and_leave_the_run_alone(class
     assert (run_dir / "submission.csv").read_bytes() == submission
     missing = cli("predict", comp, "--run-dir", run_dir, tmp_path / "nope.png", ok=False)
     assert missing.exit_code == 1 and "nope.png: no such file or folder" in missing.output
+
+
+def test_status_of_a_storage_whose_folder_is_missing_names_the_folder(class_folder_competition, cli, tmp_path):
+    comp = class_folder_competition()
+    result = cli("status", comp, "--storage", f"sqlite:///{tmp_path}/missing/dir/x.db", ok=False)
+    assert result.exit_code == 1
+    assert f"{tmp_path}/missing/dir does not exist" in result.output and "run `harness search` first" in result.output
+    assert not (tmp_path / "missing").exists()  # nothing made on the way

@@ -43,8 +43,10 @@ def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> 
     """The run's study (`create`: made if new); `storage`, when the caller has connected already."""
     missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
     db_file = _sqlite_file(run.storage_url)
-    if not create and db_file is not None and not db_file.is_file():
-        raise missing  # opening it would create an empty database
+    if not create and db_file is not None and not db_file.is_file():  # opening it would create an empty database
+        where = db_file.parent if not db_file.parent.is_dir() else db_file
+        raise SpecError(f"no study {run.study_name!r}: {where} does not exist (storage {run.storage_url}): check "
+                        "--run-dir and --storage, or run `harness search` first")
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)
     storage = storage or connect(run.storage_url, run.spec.search.heartbeat)

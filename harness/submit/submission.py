@@ -22,8 +22,8 @@ from .page import write_report
 from .report import oof_lines, oof_report
 
 
-def run_ensemble(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study,
-                                                                        List[TrialPredictions], Ensemble]:
+def run_ensemble(run: Run, echo: Callable[[str], None] = print
+                 ) -> Tuple[SearchData, optuna.Study, List[TrialPredictions], Ensemble]:
     """The prepared data, the study, every complete trial's predictions and their greedy ensemble."""
     data = prepare_data(run)
     study = open_study(run, create=False)
