@@ -4,7 +4,12 @@ prints it all."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import optuna
@@ -106,3 +111,31 @@ def test_search_throughput_benchmark_smoke(class_folder_competition):
         assert arm["gpu_util"] is None and 0 < arm["busy"] <= 1 and arm["ceiling_share"] > 0
         assert set(arm["timing"]) == {"data", *PHASES}
     assert "speedup" in row and list(row["ceiling_img_s"]) == ["resnet10t/16/8"]
+
+
+def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_to_the_count(class_folder_competition, tmp_path):
+    comp = class_folder_competition(per_class=24, search={"steps": [6], "evals": 3, "image_size": [32]},
+                                    extra={"folds": 3})
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "harness", "search", str(comp), "--run-dir", str(run_dir), "--trials", "4",
+               "--workers", "2"]
+    # a terminal's Ctrl-C reaches the whole foreground process group: the launcher and its workers
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(run_dir.glob("trials/t*/fold0/done.json")):
+        assert time.time() < deadline and search.poll() is None, "no fold finished"
+        time.sleep(0.05)
+    os.killpg(search.pid, signal.SIGINT)
+    out = search.communicate(timeout=120)[0].decode()
+    assert search.returncode == 130, out
+    assert "interrupted: run the same command again to resume" in out
+    study = load(run_dir)
+    cut = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert cut and all(t.state == TrialState.FAIL for t in cut), [t.state for t in study.trials]
+    # the same command again: the cut trials run again with their parameters, their finished folds reused
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:]
+    study = load(run_dir)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    retried = {t.user_attrs.get("retry_of") for t in study.trials} - {None}
+    assert {t.number for t in cut} <= retried
