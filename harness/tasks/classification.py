@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -23,8 +24,6 @@ from .losses import LOSSES, MultiHeadLoss
 from .metrics import METRICS, fit_threshold, fold_percentiles, predict_labels, youden_cutoff
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from ..config.spec import Competition
 
 
@@ -77,8 +76,6 @@ class ClassificationTask(TaskType):
     def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> pd.DataFrame:
         """Per image and head: the true class, the predicted one (highest probability) and each
         class's probability (as pooled: percentiles within the fold for rank metrics)."""
-        import pandas as pd
-
         columns = {}
         for i, h in enumerate(self.heads):
             tag = "" if len(self.heads) == 1 else f"{h.name}."
