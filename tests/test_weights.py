@@ -7,6 +7,7 @@ import json
 import huggingface_hub.constants
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
 from harness.training import weights
@@ -72,3 +73,16 @@ def test_true_without_cache_or_hub_is_refused_by_validate_in_seconds(class_folde
             "huggingface.co cannot be reached") in result.output
     hub_cache("resnet10t")  # once downloaded, true works offline
     assert "ok" in cli("validate", comp).output
+
+
+def test_a_weights_file_that_does_not_fit_is_refused_before_training(class_folder_competition, cli, tmp_path):
+    file = tmp_path / "r10.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), file)
+    several = class_folder_competition(search={"backbones": ["resnet10t", "mobilenetv3_small_050"],
+                                               "pretrained": str(file)})
+    assert "one weights file (" in cli("validate", several, ok=False).output
+    wrong = class_folder_competition(search={"backbones": ["mobilenetv3_small_050"], "pretrained": str(file)})
+    result = cli("validate", wrong, ok=False)
+    assert result.exit_code == 1 and f"weights file {file} does not load into mobilenetv3_small_050" in result.output
+    fits = class_folder_competition(search={"backbones": ["resnet10t"], "pretrained": str(file)})
+    assert "ok" in cli("validate", fits).output

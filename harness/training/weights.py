@@ -81,13 +81,36 @@ def _existing(file: str) -> str:
 def weights_plan(pretrained: Pretrained, backbones: List[str]) -> Dict[str, Union[bool, str]]:
     """Each backbone's resolved weights; with `true`, a backbone neither cached nor downloadable (the
     hub does not answer within seconds) is a SpecError, said before any training."""
+    if isinstance(pretrained, str) and _is_file_value(pretrained) and len({b.split("/")[-1] for b in backbones}) > 1:
+        raise SpecError(f"'search.pretrained': one weights file ({pretrained}) for several backbones "
+                        f"({', '.join(backbones)}): a file fits one; give a mapping backbone: file")
     plan = {b: resolve_weights(pretrained, b) for b in backbones}
+    for backbone, weights in plan.items():
+        if isinstance(weights, str) and weights != cached_weights(backbone.split("/")[-1]):
+            check_fits(backbone.split("/")[-1], weights)
     needs_hub = [b for b, w in plan.items() if w is True]
     if needs_hub and not hub_reachable():
         raise SpecError(f"'search.pretrained': true, but the weights of {', '.join(needs_hub)} are not in this "
                         f"machine's cache and {HUB_HOST} cannot be reached: set it to auto (cached weights, "
                         "else from scratch), false, or a weights file (a mapping backbone: file for several)")
     return plan
+
+
+def _is_file_value(value: str) -> bool:
+    return value.lower() not in ("auto", "true", "false")
+
+
+def check_fits(backbone: str, file: str) -> None:
+    """The weights file loads into the backbone (timm adapts the head and input channels), or one line
+    says it does not: a trial would fail on it at once, and so would every other."""
+    import timm
+
+    try:
+        timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": file})
+    except Exception as err:  # noqa: BLE001 - a mismatch shows as several error types
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise SpecError(f"'search.pretrained': weights file {file} does not load into {backbone} ({first}): "
+                        "give that backbone's checkpoint (a mapping backbone: file for several)") from None
 
 
 def hub_reachable() -> bool:
