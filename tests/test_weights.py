@@ -84,5 +84,9 @@ def test_a_weights_file_that_does_not_fit_is_refused_before_training(class_folde
     wrong = class_folder_competition(search={"backbones": ["mobilenetv3_small_050"], "pretrained": str(file)})
     result = cli("validate", wrong, ok=False)
     assert result.exit_code == 1 and f"weights file {file} does not load into mobilenetv3_small_050" in result.output
+    assert "size mismatch for" in result.output  # what does not fit, in the same line
     fits = class_folder_competition(search={"backbones": ["resnet10t"], "pretrained": str(file)})
     assert "ok" in cli("validate", fits).output
+    encoder = tmp_path / "r10-encoder.pth"  # no classifier: what a segmentation encoder leaves
+    torch.save({k: v for k, v in torch.load(file).items() if not k.startswith("fc.")}, encoder)
+    assert "ok" in cli("validate", class_folder_competition(search={"pretrained": str(encoder)})).output
