@@ -68,7 +68,8 @@ def worker_environments(n: int, base: Optional[Dict[str, str]] = None,
     cpus = max(1, (os.cpu_count() or 1) // n)
     envs = []
     for k in range(n):
-        env = {**base, "HARNESS_CPUS": str(cpus), "HARNESS_WORKER": str(k + 1)}
+        # unbuffered: each line reaches the launcher's terminal when it is written
+        env = {**base, "HARNESS_CPUS": str(cpus), "HARNESS_WORKER": str(k + 1), "PYTHONUNBUFFERED": "1"}
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = visible[k % len(visible)]
         if gpus == 0:  # threads read at start-up by the math libraries, before torch can be told
