@@ -64,14 +64,11 @@ def validate(run: Run) -> None:
     from .data.prepare import check_trainable, prepare_data
     from .submit.report import data_summary
 
-    from .training.weights import plan_lines, weights_plan
-
     data = prepare_data(run)
-    check_trainable(run, data)
+    weights = check_trainable(run, data)
     click.echo(f"{run.spec.name}: {run.spec.task}, metric {run.spec.metric}, {run.spec.folds} folds")
     click.echo(data_summary(data))
-    search = run.spec.search
-    for line in plan_lines(search.pretrained, weights_plan(search.pretrained, search.backbones)):
+    for line in weights:
         click.echo(line)
     click.echo("ok")
 

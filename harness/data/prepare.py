@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
@@ -62,10 +62,13 @@ def prepare_data(run: "Run") -> SearchData:
                       folds_hash=folds_hash(table), y=y)
 
 
-def check_trainable(run: "Run", data: SearchData) -> None:
+def check_trainable(run: "Run", data: SearchData) -> List[str]:
     """What only training needs, checked before any trial: every backbone's weights are there
-    (`training/weights.py`), and the task's models build (a ViT has no feature pyramid for a decoder)."""
-    from ..training.weights import weights_plan
+    (`training/weights.py`), and the task's models build (a ViT has no feature pyramid for a decoder).
+    Returns what `auto` (or a mapping) chose for each backbone, a line each, for the caller to say."""
+    from ..training.weights import plan_lines, weights_plan
 
-    weights_plan(run.spec.search.pretrained, run.spec.search.backbones)
-    data.task.check_buildable(run.spec.search, data.channels)
+    search = run.spec.search
+    plan = weights_plan(search.pretrained, search.backbones)
+    data.task.check_buildable(search, data.channels)
+    return plan_lines(search.pretrained, plan)

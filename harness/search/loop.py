@@ -20,7 +20,6 @@ from ..data.folds import save_folds
 from ..data.prepare import SearchData, check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from ..training.device import use_cpu_share
-from ..training.weights import plan_lines, weights_plan
 from .objective import Objective
 from .space import enqueue_recipes
 from .study import check_fingerprint, connect, count_finished, open_study, retry_interrupted
@@ -90,9 +89,7 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
-    check_trainable(run, data)
-    search = run.spec.search
-    for line in plan_lines(search.pretrained, weights_plan(search.pretrained, search.backbones)):
+    for line in check_trainable(run, data):
         echo(line)
     storage = connect(run.storage_url, run.spec.search.heartbeat)  # a bad --storage is said before decoding
     # Decode every image once now: a bad file is reported before any training starts.

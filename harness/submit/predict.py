@@ -18,7 +18,7 @@ from ..errors import SpecError
 from ..search.study import open_study
 from ..training.config import TrialConfig
 from ..training.predict import predict_from_checkpoint
-from ..training.store import load_trial_folds, pool_folds
+from ..training.store import artifact_owner, load_trial_folds, pool_folds
 from .formats import submission_frame
 
 
@@ -83,7 +83,7 @@ def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:
     if missing:
         raise SpecError(f"{run.paths.ensemble_json}: trial {missing[0]} is not in the study: run `harness "
                         "submit` again")
-    return {n: int(trials[n].user_attrs.get("artifacts", n)) for n in numbers}
+    return {n: artifact_owner(trials[n]) for n in numbers}
 
 
 def _trial_proba(run: Run, data: SearchData, owner: int, frame: pd.DataFrame) -> np.ndarray:
