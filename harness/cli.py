@@ -31,7 +31,9 @@ def run_options(command: Callable) -> Callable:
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a competition.yaml field by dotted path, e.g. search.steps=[50]; "
                        "`search` remembers them for later commands on the same run dir.")
-    @click.option("--storage", help="Optuna storage URL (default sqlite:///<run-dir>/study.db).")
+    @click.option("--storage", envvar="HARNESS_STORAGE",
+                  help="Optuna storage URL, else $HARNESS_STORAGE (a password there stays out of `ps`), else "
+                       "the URL remembered in the run dir, else sqlite:///<run-dir>/study.db.")
     @functools.wraps(command)
     def wrapper(competition, data_root, run_dir, overrides, storage, **kwargs):
         try:
@@ -77,31 +79,34 @@ def validate(run: Run) -> None:
 @run_options
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold in total (running again continues).")
-@click.option("--timeout", type=float, help="Stop starting trials after this many seconds.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Stop starting trials after this many seconds.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
                    "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
 @click.option("--quiet", is_flag=True, help="A line per trial; no progress or fold lines.")
 def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool) -> None:
     """Search until the study holds --trials finished trials."""
+    from .errors import shown_url
     from .search import count_finished, open_study, run_search
-    from .search.launch import default_worker_count, run_workers
+    from .search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
 
-    workers = workers or default_worker_count()
     try:
+        follow_launcher()  # a worker of `--workers N` stops with its launcher
+        workers = workers or default_worker_count()
         if workers > 1:
-            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=click.echo, quiet=quiet)
+            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet)
             study = open_study(run, create=False)
         else:
-            study = run_search(run, trials, timeout, echo=click.echo, quiet=quiet)
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: run the same command again to resume", err=True)
+        safe_echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
     best = study.best_trial if count_finished(study) and _has_complete(study) else None
-    click.echo(f"{count_finished(study)} finished trials in {run.storage_url}"
-               + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))
+    safe_echo(f"{count_finished(study)} finished trials in {shown_url(run.storage_url)}"
+              + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))
 
 
 @main.command()

@@ -1,6 +1,8 @@
 """Tiny synthetic competitions, built in a temp dir, in each layout the harness reads."""
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -28,6 +30,22 @@ def draw(label: int, rng: np.random.Generator, size: int = 20, rgb: bool = False
     img[r * half:(r + 1) * half, c * half:(c + 1) * half] += 150
     im = Image.fromarray(img)
     return im.convert("RGB") if rgb else im
+
+
+def tree(root: Path, skip: Optional[Path] = None) -> dict:
+    """Every file and link under `root` (but `skip`) with a hash of what it holds: what a test
+    compares before and after to show that nothing outside the run dir changed."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        if path.is_symlink():
+            out[str(path)] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
+        else:
+            out[str(path)] = "dir"
+    return out
 
 
 def write_spec(folder: Path, spec: dict) -> Path:

@@ -7,7 +7,7 @@ any training, and leave everything outside the run dir exactly as it was.
 from __future__ import annotations
 
 import errno
-import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,26 +24,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 import harness.training.fit
-from conftest import TINY_SEARCH, draw, edit_spec, write_spec
+from conftest import TINY_SEARCH, draw, edit_spec, tree, write_spec
 from harness.cli import main
-from harness.config.paths import atomic_write_text
+from harness.files import write_file
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
-
-
-def tree(root: Path, skip: Path) -> dict:
-    """Every file and link under `root` (but `skip`) with a hash of what it holds."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path == skip or skip in path.parents:
-            continue
-        if path.is_symlink():
-            out[str(path)] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
-        else:
-            out[str(path)] = "dir"
-    return out
 
 
 @dataclass
@@ -202,6 +187,13 @@ def under_a_file(k: Kit) -> List[str]:
     return [str(k.folders()), "--run-dir", str(k.tmp / "a-file" / "run")]
 
 
+def users_folder_as_run_dir(k: Kit) -> List[str]:
+    mine = k.tmp / "thesis"
+    mine.mkdir()
+    (mine / "submission.csv").write_text("id,label\nmy,answer\n")
+    return [str(k.folders()), "--run-dir", str(mine)]
+
+
 def storage(url: str) -> Callable[[Kit], List[str]]:
     def make(k: Kit) -> List[str]:
         return [str(k.folders()), "--storage", url]
@@ -209,7 +201,7 @@ def storage(url: str) -> Callable[[Kit], List[str]]:
 
 
 def no_cache(run_dir: Path) -> None:
-    assert not (run_dir / "cache").exists(), "images were decoded before the storage was checked"
+    assert not list(run_dir.glob("cache/*.npy")), "images were decoded before the storage was checked"
 
 
 def no_url_remembered(run_dir: Path) -> None:
@@ -267,6 +259,9 @@ CATALOGUE = [
     Case("aux-mask-size", aux_masks(size=30), ["dog 00.png", "30x30", "its image's size"]),
     Case("aux-mask-values", aux_masks(value=128), ["dog 00.png", "[0, 128]", "two-valued PNG"]),
     Case("run-dir-not-a-folder", under_a_file, ["a-file", "another --run-dir"], command="search"),
+    Case("run-dir-holds-a-users-files", users_folder_as_run_dir,
+         ["run dir", "thesis", "holds files the harness did not write (submission.csv)", "new or empty --run-dir"],
+         command="search"),
     Case("storage-unreachable", storage("sqlite:////nonexistent-harness-dir/sub/study.db"),
          ["--storage sqlite:////nonexistent-harness-dir", "cannot connect"], command="search",
          after=no_url_remembered),
@@ -367,6 +362,8 @@ def test_trials_finished_with_nan_before_the_check_are_left_out_of_the_ensemble(
     cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", f"metric={metric}")
     oof = run_dir / "trials" / "t0001" / "fold0" / "oof.npy"  # as an older harness would have kept it
     np.save(oof, np.full_like(np.load(oof), np.nan))
+    done = oof.parent / "done.json"  # which recorded no digest of its files
+    done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "files"}))
     out = cli("submit", comp, "--run-dir", run_dir).output
     assert "trial 1 left out: its predictions are not finite" in out
     assert "ensemble of 1 trial(s) (#0×1.00)" in out
@@ -416,7 +413,7 @@ def test_atomic_writes_leave_no_temporary_file(tmp_path):
     target.mkdir()  # replacing a folder fails as a full disk would: after the temporary file exists
     (target / "keep").write_text("x")
     with pytest.raises(OSError):
-        atomic_write_text(target, "traceback")
+        write_file(target, "traceback")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["error.txt"]
 
 

@@ -1,10 +1,13 @@
 """The run directory, in one place: every file a run writes is named here and nowhere else.
 
 runs/<name>/
-    study.db                      Optuna storage (default; --storage picks another, remembered in study.url)
+    study.db                      Optuna storage (default; --storage picks another, remembered in study.url, 0600)
+    study.db.backup               its copy after the last finished trial (named by errors.backup_of: the
+                                  database may live elsewhere, and its copy lives beside it)
     options.json                  the --set overrides of `search`, applied again by every later command
     folds.csv                     fold of each training image, fixed for the whole study
-    cache/                        decoded images per (listing, size, channels), memory-mapped .npy
+    cache/                        decoded images per (listing, size, channels), memory-mapped .npy;
+                                  digests.json: each data file's content digest (data/digests.py)
     trials/t0007/config.json      the trial's resolved configuration
     trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, test.npy,
                                   model.pt, history.csv
@@ -17,12 +20,12 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import SpecError
+from ..files import write_file
 from .spec import Competition, load_competition, read_raw
 
 
@@ -57,9 +60,23 @@ class FoldPaths:
         return self.root / "history.csv"
 
 
+# names the harness writes at the top of a run dir: a folder holding one of them is a run dir
+OWN_NAMES = frozenset({"study.db", "study.url", "options.json", "folds.csv", "cache", "trials", "ensemble.json",
+                       "report.html", ".create.lock", ".slots.lock"})
+
+
 @dataclass
 class RunPaths:
     root: Path
+
+    def check_ours(self) -> None:
+        """The run dir is new, empty, or one the harness wrote before; a folder of someone's files is
+        refused, since the harness would write its study, folds and submission among them."""
+        names = {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+        if names and not names & OWN_NAMES:
+            shown = ", ".join(sorted(names)[:3]) + (", …" if len(names) > 3 else "")
+            raise SpecError(f"run dir {self.root}: holds files the harness did not write ({shown}): choose a new "
+                            "or empty --run-dir")
 
     @property
     def study_db(self) -> Path:
@@ -80,6 +97,11 @@ class RunPaths:
     @property
     def cache_dir(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def digests_json(self) -> Path:
+        """Content digests of the data's files, by size and modification time (`data/digests.py`)."""
+        return self.cache_dir / "digests.json"
 
     @property
     def ensemble_json(self) -> Path:
@@ -108,7 +130,18 @@ class RunPaths:
         return FoldPaths(self.trial_dir(number) / f"fold{fold}")
 
     def submission(self, file_name: str) -> Path:
-        return self.root / file_name
+        """The spec's `submission.file` in the run dir; one that leads out of it is refused."""
+        return self.inside(file_name, "submission.file")
+
+    def inside(self, relative: str, key: str) -> Path:
+        """`relative`, a spec value naming a place to write, as a path in the run dir; refused (before
+        anything is written) when it is absolute or leads out of the run dir, links followed."""
+        root = self.root.resolve()
+        target = (root / relative).resolve() if relative and not Path(relative).is_absolute() else None
+        if target is None or target == root or not target.is_relative_to(root):
+            raise SpecError(f"{key}: {relative!r} is not a file inside the run dir {root}: the harness writes "
+                            "only there; name a file relative to it (e.g. submission.csv)")
+        return target
 
 
 @dataclass
@@ -124,14 +157,15 @@ class Run:
     remembered: List[str] = field(default_factory=list)  # read from options.json
 
     def remember_storage(self) -> None:
-        """Store --storage (once it connected) so that later commands find the study."""
+        """Store --storage (once it connected) so that later commands find the study; the file may
+        hold a password, so only its owner can read it."""
         if self.storage_given:
-            atomic_write_text(self.paths.study_url_file, self.storage_url + "\n")
+            write_file(self.paths.study_url_file, self.storage_url + "\n", mode=0o600)
 
     def remember_overrides(self) -> None:
         """Store the overrides so that later commands on this run dir need not repeat them."""
         if self.overrides:
-            atomic_write_text(self.paths.options_json, json.dumps({"overrides": self.overrides}, indent=1))
+            write_file(self.paths.options_json, json.dumps({"overrides": self.overrides}, indent=1))
 
     @property
     def study_name(self) -> str:
@@ -146,7 +180,7 @@ def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optio
     are applied after them, so they win key by key.
     """
     # the default run dir needs only the name: validation waits for the remembered overrides
-    root = Path(run_dir) if run_dir else Path("runs") / str(read_raw(folder, overrides)[1].get("name", ""))
+    root = Path(run_dir) if run_dir else Path("runs") / plain_name(read_raw(folder, overrides)[1].get("name", ""))
     paths = RunPaths(root.resolve())
     remembered = _remembered_overrides(paths)
     overrides = merge_overrides(remembered, overrides)
@@ -156,9 +190,19 @@ def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optio
         if not remembered:
             raise
         raise SpecError(f"{err} (with the overrides remembered in {paths.options_json})") from None
+    paths.submission(spec.submission.file)  # refused now, before anything is written
     data = spec.resolve_data_root(data_root, paths.root)
     return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
                storage_given=bool(storage), overrides=overrides, remembered=remembered)
+
+
+def plain_name(name: object) -> str:
+    """The spec's `name` as the folder `runs/<name>`: one plain folder name, never a path out of runs/."""
+    text = "" if name is None else str(name)
+    if text and (text in (".", "..") or Path(text).name != text or "\\" in text or text.startswith("~")):
+        raise SpecError(f"name: {text!r} is not a plain folder name, and the default run dir is runs/<name>: "
+                        "use letters, digits, '-' and '_' (or give --run-dir)")
+    return text
 
 
 def merge_overrides(first: Sequence[str], then: Sequence[str]) -> List[str]:
@@ -199,13 +243,3 @@ def absolute_sqlite(url: str) -> str:
     if not path or path == ":memory:":
         return url
     return f"sqlite:///{Path(path).resolve()}" + (f"?{query}" if query else "")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # ours: left only when writing failed (a full disk)

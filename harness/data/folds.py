@@ -3,27 +3,32 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..errors import SpecError
+from ..files import write_file
 from .samples import Samples
 
 
-def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified") -> np.ndarray:
+def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified",
+               same: Optional[np.ndarray] = None) -> np.ndarray:
     """Fold index per training row: StratifiedGroupKFold when groups exist, else StratifiedKFold;
     `blocks`: contiguous runs of rows in listing order (neighbouring slices of a volume).
 
     Stratified on the label, or on the combination of labels when there are several heads.
+    `same` (`digests.same_content`) joins rows holding the same bytes into one group, so that an
+    image listed twice under two names is never trained on and scored in two folds.
     """
     if by == "blocks":
         if len(samples.train) < n_folds:
             raise SpecError(f"folds: {n_folds} blocks need at least {n_folds} samples: lower folds")
         return np.arange(len(samples.train)) * n_folds // len(samples.train)
     y = pd.factorize(samples.train["label"])[0]
-    groups = samples.train["group"]
+    groups = with_duplicates(samples.train["group"], same)
     has_groups = groups.notna().any()
     if has_groups:
         n_groups = groups.nunique()
@@ -43,6 +48,35 @@ def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified"
     return fold
 
 
+def with_duplicates(groups: pd.Series, same: Optional[np.ndarray]) -> pd.Series:
+    """The declared groups, with the rows of identical images (and so their groups) joined; without
+    declared groups each image is its own group. Unchanged when no image appears twice."""
+    if same is None or (same == np.arange(len(same))).all():
+        return groups
+    labels = groups.astype(str).to_numpy() if groups.notna().any() else np.array([f"row{i}" for i in same])
+    root = {g: g for g in labels}
+
+    def find(g: str) -> str:
+        while root[g] != g:
+            root[g] = root[root[g]]
+            g = root[g]
+        return g
+
+    for i, j in enumerate(same):
+        a, b = find(labels[i]), find(labels[j])
+        if a != b:
+            root[b] = a
+    return pd.Series([find(g) for g in labels], index=groups.index)
+
+
+def straddling(fold: np.ndarray, same: Optional[np.ndarray]) -> Optional[Tuple[int, int]]:
+    """Two rows of the same bytes in different folds (the first such pair), else None."""
+    if same is None:
+        return None
+    apart = np.flatnonzero(fold != fold[same])
+    return (int(same[apart[0]]), int(apart[0])) if len(apart) else None
+
+
 def folds_table(samples: Samples, fold: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"listed": samples.train["listed"], "label": samples.train["label"],
                          "group": samples.train["group"], "fold": fold})
@@ -53,12 +87,8 @@ def folds_hash(table: pd.DataFrame) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def listing_hash(paths: pd.Series) -> str:
-    return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
-
-
-def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
-                       by: str = "stratified") -> pd.DataFrame:
+def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int, by: str = "stratified",
+                       same: Optional[np.ndarray] = None) -> pd.DataFrame:
     """The run's folds: read from `path` if it exists (checked against the data), else made.
 
     Nothing is written here: `save_folds` does that once a study holds them, so a `validate` or
@@ -74,14 +104,17 @@ def load_or_make_folds(path: Path, samples: Samples, n_folds: int, seed: int,
             raise SpecError(
                 f"{path}: has {table['fold'].nunique()} folds, the spec asks {n_folds}; use a new --run-dir"
             )
+        pair = straddling(table["fold"].to_numpy(), same)
+        if pair is not None:
+            a, b = (table["listed"].iloc[i] for i in pair)
+            raise SpecError(f"{path}: {a!r} and {b!r} hold the same bytes but are in different folds, so one "
+                            "is scored by a model trained on the other: use a new --run-dir (new folds keep "
+                            "identical images together)")
         return table
-    return folds_table(samples, make_folds(samples, n_folds, seed, by))
+    return folds_table(samples, make_folds(samples, n_folds, seed, by, same))
 
 
 def save_folds(path: Path, samples: Samples, fold: np.ndarray) -> None:
     """Write folds.csv (atomically) unless it is there: a hand-edited split is kept as it is."""
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folds_table(samples, fold).to_csv(path.with_suffix(".tmp"), index=False)
-    path.with_suffix(".tmp").replace(path)
+    if not path.is_file():
+        write_file(path, folds_table(samples, fold).to_csv(index=False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -22,12 +23,13 @@ from joblib import Parallel, delayed
 from PIL import Image, ImageOps
 
 from ..errors import SpecError
+from ..files import temporary_path
 
 
 def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
     """One image as uint8 HxWxC with C = `channels`; JPEGs decode at reduced scale >= `at_least` px."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if at_least and im.format == "JPEG":
                 im.draft("L" if channels == 1 else "RGB", (at_least, at_least))
             im = ImageOps.exif_transpose(im)
@@ -38,6 +40,19 @@ def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as err:
         raise SpecError(f"image {path}: cannot be decoded ({err}): re-save it or remove it") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def open_image(path: str) -> Image.Image:
+    """PIL's image of `path`, headers read; one larger than PIL will decode safely (a decompression
+    bomb: a small file that expands to gigabytes) is one line naming the file. PIL's warning below
+    that limit is left out: a large micrograph is a real image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise SpecError(f"image {path}: too many pixels to decode safely ({err}): shrink it (or remove "
+                        "it)") from None
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -61,9 +76,11 @@ def load_resized(paths: Sequence[str], size: int, channels: int,
                  cache_dir: Optional[Path] = None) -> np.ndarray:
     """All `paths` as one uint8 array N×size×size×C: from the disk cache (memory-mapped) if
     `cache_dir` is given, else decoded once per process."""
+    # the files' state is part of every memo's key: a file replaced since is decoded again
+    key = cache_key(paths, size, channels)
     if cache_dir is None:
-        return _decode_all(tuple(paths), size, channels)
-    return _cached(tuple(paths), size, channels, str(cache_dir))
+        return _decode_all(tuple(paths), size, channels, key)
+    return _cached(tuple(paths), size, channels, str(cache_dir), key)
 
 
 def load_resized_masks(paths: Sequence[str], size: int, cache_dir: Optional[Path] = None) -> np.ndarray:
@@ -85,7 +102,7 @@ def cache_key(paths: Sequence[str], size: int, channels: int) -> str:
 
 
 @lru_cache(maxsize=8)
-def _decode_all(paths: Tuple[str, ...], size: int, channels: int) -> np.ndarray:
+def _decode_all(paths: Tuple[str, ...], size: int, channels: int, key: str) -> np.ndarray:
     arrays = Parallel(n_jobs=-1, prefer="threads")(
         delayed(read_resized)(p, size, channels) for p in paths
     )
@@ -93,16 +110,16 @@ def _decode_all(paths: Tuple[str, ...], size: int, channels: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) -> np.ndarray:
+def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str, key: str) -> np.ndarray:
     folder = Path(cache_dir)
     # the prefix names the listing, the rest its files' state: a changed file replaces its listing's
     # entry, while another listing of the same shape (train and test, masks) keeps its own
     listing = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
     prefix = f"{len(paths)}x{size}x{size}x{channels}-{listing}-"
-    path = folder / f"{prefix}{cache_key(paths, size, channels)}.npy"
+    path = folder / f"{prefix}{key}.npy"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        tmp = temporary_path(path)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                             shape=(len(paths), size, size, channels))
@@ -114,7 +131,7 @@ def _cached(paths: Tuple[str, ...], size: int, channels: int, cache_dir: str) ->
         finally:
             tmp.unlink(missing_ok=True)  # ours: left only when a file failed to decode
         for stale in folder.glob(f"{prefix}*.npy"):  # the same listing before a file changed
-            if stale != path and ".tmp" not in stale.name:
+            if stale != path:
                 stale.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 
@@ -124,15 +141,15 @@ def _decode_into(out: np.ndarray, i: int, path: str, size: int, channels: int) -
 
 
 def probe_images(paths: Sequence[str]) -> pd.DataFrame:
-    """Width, height and mode of each image (headers only; once per listing and process)."""
-    return _probe_all(tuple(paths)).copy()
+    """Width, height and mode of each image (headers only; once per listing, its files' state and process)."""
+    return _probe_all(tuple(paths), cache_key(paths, 0, 0)).copy()
 
 
 @lru_cache(maxsize=4)
-def _probe_all(paths: Tuple[str, ...]) -> pd.DataFrame:
+def _probe_all(paths: Tuple[str, ...], key: str) -> pd.DataFrame:
     def probe(path: str) -> dict:
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return {"path": path, "width": im.width, "height": im.height, "mode": im.mode}
         except (OSError, ValueError, SyntaxError) as err:
             raise SpecError(f"image {path}: not a readable image ({err}): re-save it or remove it") from None

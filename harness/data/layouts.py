@@ -2,7 +2,8 @@
 
 A layout is one registered function `(section, root, labelled) -> DataFrame` with columns
 `path` (absolute), `listed` (the image as the competition lists it) and, when labelled,
-`label`; `group` when the spec declares groups. With several targets (task multihead) each
+`label`; `group` when the spec declares groups. A listing's `attrs["skipped"]` counts the files
+it passed over for their extension, by extension (`harness validate` says them). With several targets (task multihead) each
 target has a column `label.<target>` and `label` holds their combination, which folds stratify
 on. `samples.load_samples` turns the listings into the samples table.
 """
@@ -44,6 +45,26 @@ def _list_images(folder: Path, extensions: List[str], within: Optional[Path] = N
     return paths
 
 
+def skipped_files(folder: Path, extensions: List[str]) -> Dict[str, int]:
+    """Files under `folder` left out for their extension (an animated GIF in a class folder), by
+    extension; hidden files (.DS_Store) are not counted."""
+    exts = {e.lower() for e in extensions}
+    counts: Dict[str, int] = {}
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in exts:
+            counts[p.suffix.lower() or "(none)"] = counts.get(p.suffix.lower() or "(none)", 0) + 1
+    return counts
+
+
+def _with_skipped(frame: pd.DataFrame, folders: List[Path], extensions: List[str]) -> pd.DataFrame:
+    skipped: Dict[str, int] = {}
+    for folder in folders:
+        for ext, n in skipped_files(folder, extensions).items():
+            skipped[ext] = skipped.get(ext, 0) + n
+    frame.attrs["skipped"] = skipped
+    return frame
+
+
 def masks_by_stem(section: "DataSection", root: Path, what: str) -> Dict[str, str]:
     """The mask files under `masks`, by file stem: how masks find their images."""
     folder = root / section.masks if section.masks else None
@@ -75,7 +96,8 @@ def class_folders(section: "DataSection", root: Path, labelled: bool) -> pd.Data
                             f"'{what}.classes' (folder: label; others are ignored)")
         rows.extend({"path": str(path), "listed": str(path.relative_to(folder)), "label": label}
                     for path in paths)
-    return pd.DataFrame(rows, columns=["path", "listed", "label"]).assign(group=None)
+    frame = pd.DataFrame(rows, columns=["path", "listed", "label"]).assign(group=None)
+    return _with_skipped(frame, [folder / name for name in mapping], section.extensions)
 
 
 @LAYOUTS.register("folder")
@@ -85,8 +107,8 @@ def image_folder(section: "DataSection", root: Path, labelled: bool) -> pd.DataF
         raise SpecError("train.layout: 'folder' has no labels; use class_folders or csv")
     folder = _image_dir(section, root, "test")
     paths = _list_images(folder, section.extensions)
-    return pd.DataFrame({"path": [str(p) for p in paths],
-                         "listed": [str(p.relative_to(folder)) for p in paths]})
+    frame = pd.DataFrame({"path": [str(p) for p in paths], "listed": [str(p.relative_to(folder)) for p in paths]})
+    return _with_skipped(frame, [folder], section.extensions)
 
 
 @LAYOUTS.register("csv")
@@ -120,6 +142,7 @@ def csv_listing(section: "DataSection", root: Path, labelled: bool) -> pd.DataFr
             raise SpecError(f"{csv_path.name} line {row}: image {listed!r} not found in {folder}: fix the "
                             "path or remove the row")
         paths.append(str(path))
+    _refuse_repeated_rows(paths, csv_path.name)
     out = pd.DataFrame({"path": paths, "listed": table[section.image_column].to_list()})
     if labelled:
         for target in targets:
@@ -132,6 +155,16 @@ def csv_listing(section: "DataSection", root: Path, labelled: bool) -> pd.DataFr
             table[targets].apply(lambda r: "|".join(f"{t}={r[t]}" for t in targets), axis=1).to_list()
     out["group"] = table[section.groups].agg("|".join, axis=1).to_list() if section.groups else None
     return out
+
+
+def _refuse_repeated_rows(paths: List[str], csv_name: str) -> None:
+    """One image listed on two rows would be trained on in one fold and scored in another."""
+    first: Dict[str, int] = {}
+    for row, path in enumerate(paths, start=2):
+        if path in first:
+            raise SpecError(f"{csv_name} lines {first[path]} and {row}: the same image {Path(path).name!r} is "
+                            "listed twice: remove one of the rows")
+        first[path] = row
 
 
 @LAYOUTS.register("tiff_volume")

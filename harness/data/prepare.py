@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import numpy as np
 
 from ..errors import SpecError
-from .folds import folds_hash, listing_hash, load_or_make_folds
+from .digests import file_digests, listing_digest, same_content
+from .folds import folds_hash, load_or_make_folds
 from .images import infer_channels, load_resized_masks, probe_images
 from .samples import Samples, load_samples
 
@@ -27,6 +28,9 @@ class SearchData:
     fold: np.ndarray
     folds_hash: str
     y: np.ndarray  # N × H class indices, or N × H × W masks
+    train_hash: str = ""  # the training listing's files and what they hold
+    test_hash: str = ""  # the test listing's: stored with each fold's test predictions
+    same: Optional[np.ndarray] = None  # per training row, the first row of the same bytes (itself if unique)
     _loaded: dict = field(default_factory=dict, repr=False)  # the last size's images, kept for the next trial
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -45,8 +49,9 @@ class SearchData:
         return load_resized_masks(self.samples.train["aux_mask"].tolist(), size, cache)
 
     @property
-    def test_hash(self) -> str:
-        return listing_hash(self.samples.test["path"])
+    def duplicates(self) -> int:
+        """Training rows whose bytes an earlier row holds too (kept in that row's fold)."""
+        return 0 if self.same is None else int((self.same != np.arange(len(self.same))).sum())
 
 
 def prepare_data(run: "Run") -> SearchData:
@@ -55,11 +60,20 @@ def prepare_data(run: "Run") -> SearchData:
     channels = run.spec.channels or infer_channels(
         probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
     )
+    store = run.paths.digests_json if run.paths.root.is_dir() else None  # a command never creates the run dir for it
+    train_digests = file_digests(samples.train["path"].tolist(), store)
+    test_digests = file_digests(samples.test["path"].tolist(), store)
+    # pages of one volume share its file's digest: only whole files can be duplicates
+    whole_files = samples.train["page"].isna().to_numpy() if "page" in samples.train else None
+    same = same_content(train_digests, whole_files) if run.spec.fold_by == "stratified" else None
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
-                               run.spec.fold_by)
+                               run.spec.fold_by, same)
     task, y = run.spec.task_type.build(run.spec, samples)
     return SearchData(samples=samples, task=task, channels=channels, fold=table["fold"].to_numpy(),
-                      folds_hash=folds_hash(table), y=y)
+                      folds_hash=folds_hash(table), y=y, same=same,
+                      # by the names as listed: the same data under another --data-root is the same data
+                      train_hash=listing_digest(samples.train["listed"].tolist(), train_digests),
+                      test_hash=listing_digest(samples.test["listed"].tolist(), test_digests))
 
 
 def check_trainable(run: "Run", data: SearchData) -> List[str]:

@@ -5,7 +5,6 @@ user's, and is refused rather than touched.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SpecError
+from ..files import remove_leftovers, temporary_path
 from ..registry import Registry
 
 PREPARERS = Registry("data preparer")
@@ -69,10 +69,12 @@ def preparing(root: Path) -> Iterator[Path]:
     """A fresh folder beside `root` to write into; renamed to `root` when done, removed on failure.
 
     Its name is this process's own, so workers preparing at once never write into each other's;
-    the first rename wins and the others' copies are dropped.
+    the first rename wins and the others' copies are dropped. What a killed preparer left beside
+    it is removed first.
     """
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+    remove_leftovers(root.parent, recursive=False)
+    tmp = temporary_path(root)
     tmp.mkdir()  # never exists_ok: a folder of that name is not ours to fill
     try:
         yield tmp

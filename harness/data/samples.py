@@ -32,6 +32,7 @@ class Samples:
     heads: Dict[str, List[str]]  # head → its classes (index = output index; binary: positive last)
     y: np.ndarray  # N × H class indices
     data_root: Path
+    skipped: Optional[Dict[str, Dict[str, int]]] = None  # train/test → files left out for their extension
 
     @property
     def classes(self) -> List[str]:
@@ -47,6 +48,8 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         raise SpecError(f"data root {data_root} does not exist: pass --data-root or set HARNESS_DATA")
     train = LAYOUTS.get(spec.train.layout)(spec.train, data_root, labelled=True)
     test = LAYOUTS.get(spec.test.layout)(spec.test, data_root, labelled=False)
+    # counted by the layouts, read before the listings are reshaped
+    skipped = {"train": train.attrs.get("skipped", {}), "test": test.attrs.get("skipped", {})}
     if train.empty:
         raise SpecError(f"{data_root / spec.train.images}: no training images found: check train.images "
                         "and train.extensions")
@@ -58,7 +61,8 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
     if spec.declares_aux_masks:
         train = _with_aux_masks(train, spec.train, data_root)
     heads, y = spec.task_type.label_classes(train, spec)
-    return Samples(train=train.reset_index(drop=True), test=test, heads=heads, y=y, data_root=data_root)
+    return Samples(train=train.reset_index(drop=True), test=test, heads=heads, y=y, data_root=data_root,
+                   skipped=skipped)
 
 
 def read_sample_submission(spec: "Competition", data_root: Path, test_ids: pd.Series) -> Optional[pd.DataFrame]:

@@ -7,22 +7,32 @@ exact under them): on a machine with several GPUs each worker sees one (`CUDA_VI
 round robin), and the CPU cores are shared out (`HARNESS_CPUS`: torch threads on a CPU, DataLoader
 workers on a GPU). Everything the study needs is made once, here, before any worker starts, so that
 bad input is said once and before training.
+
+The storage URL reaches the workers in their environment (`HARNESS_STORAGE`), never on their
+command line, which any user of the machine can read (`ps`). A worker stops, its running trial
+marked interrupted (retried with the same parameters on the next run), when its launcher dies,
+even by kill -9 (`follow_launcher`).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..config.paths import Run
-from ..errors import SearchStopped
+from ..errors import SearchStopped, redact, shown_url
 
 GIB = 1024 ** 3
 MEMORY_PER_WORKER = 16 * GIB  # a trial's model, batches and resident images, with room to spare
 MAX_WORKERS_PER_GPU = 4  # beyond it time-slicing adds little and each process holds a CUDA context
+STORAGE_ENV = "HARNESS_STORAGE"  # what `--storage` reads when not given
+LAUNCHER_ENV = "HARNESS_LAUNCHER_PID"  # set in a worker: the process it must not outlive
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_worker_count() -> int:
@@ -54,11 +64,13 @@ def gpu_free_memory() -> List[int]:
         return totals
 
 
-def worker_environments(n: int, base: Optional[Dict[str, str]] = None,
-                        gpus: Optional[int] = None) -> List[Dict[str, str]]:
+def worker_environments(n: int, base: Optional[Dict[str, str]] = None, gpus: Optional[int] = None,
+                        storage: Optional[str] = None) -> List[Dict[str, str]]:
     """The environment of each of `n` workers: one GPU each, round robin over the visible ones
-    (`gpus` of them), and an equal share of the CPU cores."""
+    (`gpus` of them), an equal share of the CPU cores, the `storage` URL and this launcher's pid."""
     base = dict(os.environ if base is None else base)
+    if storage is not None:
+        base.update({STORAGE_ENV: storage, LAUNCHER_ENV: str(os.getpid())})
     if gpus is None:
         import torch
 
@@ -80,9 +92,10 @@ def worker_environments(n: int, base: Optional[Dict[str, str]] = None,
 
 def worker_command(run: Run, competition: str, trials: int, timeout: Optional[float],
                    quiet: bool = False) -> List[str]:
-    """The `harness search` command line of one worker: this run's folder, data, storage and overrides."""
+    """The `harness search` command line of one worker: this run's folder, data and overrides; the
+    storage, which may hold a password, goes in its environment (`worker_environments`)."""
     cmd = [sys.executable, "-m", "harness", "search", competition, "--workers", "1", "--trials", str(trials),
-           "--run-dir", str(run.paths.root), "--data-root", str(run.data_root), "--storage", run.storage_url]
+           "--run-dir", str(run.paths.root), "--data-root", str(run.data_root)]
     for item in run.overrides:
         cmd += ["--set", item]
     if timeout is not None:
@@ -98,16 +111,17 @@ def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: 
     from .loop import prepare_search
 
     prepare_search(run, echo)
-    envs = worker_environments(workers)
+    envs = worker_environments(workers, storage=run.storage_url)
     cmd = worker_command(run, competition, trials, timeout, quiet)
-    echo(f"{workers} workers on {run.storage_url}" + _devices_note(envs))
+    echo(f"{workers} workers on {shown_url(run.storage_url)}" + _devices_note(envs))
     lock = threading.Lock()
     procs, relays, last = [], [], {}
     for k, env in enumerate(envs, start=1):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1)
         procs.append(proc)
-        relays.append(threading.Thread(target=_relay, args=(proc, f"w{k}", echo, lock, last, k), daemon=True))
+        relays.append(threading.Thread(target=_relay, args=(proc, f"w{k}", echo, lock, last, k, run.storage_url),
+                                       daemon=True))
         relays[-1].start()
     try:
         codes = [proc.wait() for proc in procs]
@@ -124,9 +138,9 @@ def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: 
 
 
 def _relay(proc: subprocess.Popen, tag: str, echo: Callable[[str], None], lock: threading.Lock,
-           last: Dict[int, str], k: int) -> None:
+           last: Dict[int, str], k: int, storage: str) -> None:
     for line in proc.stdout:
-        line = line.rstrip("\n")
+        line = redact(line.rstrip("\n"), storage)  # a worker's traceback may quote a driver's error
         if line.strip():
             last[k] = line
         with lock:
@@ -150,3 +164,60 @@ def _devices_note(envs: List[Dict[str, str]]) -> str:
     gpus = [env["CUDA_VISIBLE_DEVICES"] for env in envs if "CUDA_VISIBLE_DEVICES" in env]
     cpus = envs[0]["HARNESS_CPUS"]
     return (f", GPUs {' '.join(gpus)}" if gpus else "") + f", {cpus} CPU cores each"
+
+
+def follow_launcher() -> None:
+    """In a worker (`HARNESS_LAUNCHER_PID` set): stop when the launcher dies, whatever killed it.
+
+    Linux sends SIGINT on the launcher's death (PR_SET_PDEATHSIG, asked for here, in the worker);
+    elsewhere a thread watches the parent. SIGINT is a Ctrl-C: the running trial is marked
+    interrupted, and the next run retries it with the same parameters.
+    """
+    launcher = os.environ.pop(LAUNCHER_ENV, "")
+    if not launcher.isdigit():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a launcher started in the background ignores it
+    if not _death_signal(signal.SIGINT):
+        threading.Thread(target=_watch_parent, args=(int(launcher),), daemon=True).start()
+    if os.getppid() != int(launcher):  # it died before the signal was asked for
+        raise KeyboardInterrupt
+
+
+def _death_signal(sig: int) -> bool:
+    """Ask Linux to send `sig` to this process when its parent dies; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def safe_echo(text: str = "", err: bool = False) -> None:
+    """`click.echo` that a closed pipe or a gone terminal (a launcher that died, `| head`) cannot
+    fail: the stream is pointed at /dev/null from then on, so no later write, traceback or exit
+    flush fails either, and a trial is never failed by a line it could not print."""
+    import click
+
+    stream = sys.stderr if err else sys.stdout
+    try:
+        click.echo(text, err=err)
+    except (OSError, ValueError):  # BrokenPipeError, EIO; ValueError: the stream was closed
+        _to_devnull(stream)
+
+
+def _to_devnull(stream) -> None:
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for other in {fd, *(k for k in (1, 2) if os.path.sameopenfile(k, fd))}:  # a worker's stderr is its stdout
+            os.dup2(devnull, other)
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file descriptor (a test's captured stream)
+        pass

@@ -5,11 +5,16 @@ study needs, and each starts a trial only while a slot of the `--trials` is free
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from types import FrameType
+from typing import Callable, Iterator, Optional, Tuple
 
 import optuna
 from optuna.storages import RDBStorage
@@ -19,10 +24,12 @@ from ..config.paths import Run
 from ..data.folds import save_folds
 from ..data.prepare import SearchData, check_trainable, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
+from ..files import remove_leftovers
 from ..training.device import use_cpu_share
 from .objective import Objective
 from .space import enqueue_recipes
-from .study import check_fingerprint, connect, count_finished, open_study, retry_interrupted
+from .study import (FINISHED, backup_sqlite, check_fingerprint, connect, count_finished, open_study, retry_damaged,
+                    retry_interrupted)
 from .workers import NoSlot, SlotStudy, creation_lock, slot_lock
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -45,6 +52,13 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass); `quiet`:
     a line per trial, none per fold."""
     use_cpu_share()
+    with _interrupts_between_storage_calls():
+        return _search(run, trials, timeout, echo, quiet)
+
+
+def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str], None],
+            quiet: bool) -> optuna.Study:
+    """`run_search`'s loop: a trial at a time while a slot of the `trials` is free."""
     data, study, storage = prepare_search(run, echo)
     slots = SlotStudy(study, trials, slot_lock(storage, run))
     objective = Objective(run, data, echo, quiet)
@@ -58,7 +72,7 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
             break
         try:
             slots.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
-                           callbacks=[streak], gc_after_trial=True)
+                           callbacks=[streak, _KeepBackup(run.storage_url, echo)], gc_after_trial=True)
         except NoSlot:
             if count_finished(slots) >= trials:  # the other workers finished the last ones meanwhile
                 break
@@ -80,8 +94,10 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study, RDBStorage]:
     """The prepared data, the study and its storage: made by the first worker, found by the others."""
+    run.paths.check_ours()
     ensure_writable(run.paths.root)
     with creation_lock(run):
+        remove_leftovers(run.paths.root, legacy=True)  # what a killed run left half-written (none of a live one's)
         return _create(run, echo)
 
 
@@ -102,6 +118,8 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
         echo(f"recipe {name}: the first trial, within this search space")
     for number in retry_interrupted(study):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
+    for number, damage in retry_damaged(study, run):
+        echo(f"trial {number}: {damage}: it runs again with the same parameters (its whole folds are read back)")
     return data, study, storage
 
 
@@ -149,3 +167,51 @@ class _FailureStreak:
             self.count = 0
             value = "" if trial.state == TrialState.PRUNED else f": CV {trial.value:.4f}"
             self.echo(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")
+
+
+class _KeepBackup:
+    """After each finished trial the worker that finished it copies an SQLite study beside itself
+    (`<db>.backup`): a study file damaged later (a disk fault, a copy cut short) is put back from the
+    copy with every finished trial in it."""
+
+    def __init__(self, url: str, echo: Callable[[str], None]) -> None:
+        self.url, self.echo = url, echo
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in FINISHED:
+            return
+        try:
+            backup_sqlite(self.url)
+        except OSError as err:
+            if is_machine_fault(err):
+                raise  # a full disk: the search stops in one line, as for a trial's own files
+            self.echo(f"{err.filename}: the study's copy was not made ({err.strerror}); the search goes on")
+
+
+STORAGE_MODULES = ("sqlalchemy", "optuna.storages", "sqlite3", "psycopg")
+
+
+@contextlib.contextmanager
+def _interrupts_between_storage_calls() -> Iterator[None]:
+    """Ctrl-C (or a launcher's death) raised inside a storage call would leave its transaction open,
+    since Optuna rolls back only on database errors: the trial's next write would then fail, so it
+    could not be marked interrupted and would not run again. Such a signal is raised once the call
+    has returned."""
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # not one a caller set, nor ignored
+    if ours:
+        signal.signal(signal.SIGINT, _interrupt_outside_storage)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt_outside_storage(signum: int, frame: Optional[FrameType]) -> None:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(STORAGE_MODULES):
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()  # again, in a moment
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt

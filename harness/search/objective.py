@@ -20,13 +20,14 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..config.paths import Run, atomic_write_text
+from ..config.paths import Run
 from ..data.prepare import SearchData
 from ..errors import fault_line, is_machine_fault
+from ..files import write_file
 from ..training.config import TrialConfig
 from ..training.device import device
 from ..training.fit import fit_fold
-from ..training.store import FoldResult, artifact_owner, load_fold, pool_folds
+from ..training.store import DamagedFold, FoldResult, artifact_owner, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
 from .progress import FoldProgress
 from .pruners import PRUNERS, fold_step, progress_step
@@ -51,7 +52,7 @@ class Objective:
             cfg = suggest_config(trial, self.run, self.data)
             owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
             trial.set_user_attr("artifacts", owner)
-            atomic_write_text(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
+            write_file(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner, clock)
             oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
@@ -75,7 +76,7 @@ class Objective:
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
             error_file = self.run.paths.trial_error(owner)
             try:
-                atomic_write_text(error_file, traceback.format_exc())
+                write_file(error_file, traceback.format_exc())
                 reason += f" (traceback: {error_file})"
             except OSError:  # a full disk, say: the reason still reaches the study
                 pass
@@ -93,8 +94,12 @@ class Objective:
         results: List[FoldResult] = []
         for k in range(self.run.spec.folds):
             out = self.run.paths.fold(owner, k)
-            result = load_fold(out, cfg.digest())
             prefix = f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}"
+            try:
+                result = load_fold(out, cfg.digest())
+            except DamagedFold as err:  # said even when quiet: a file went bad on this disk
+                self.echo(f"{prefix}: {err.line(self.run.paths.root)}: training it again")
+                result = None
             if result is None:
                 progress = None if self.quiet else FoldProgress(self.echo, prefix, cfg.steps, cfg.metric)
                 try:
@@ -121,7 +126,7 @@ class Objective:
         frame = self.data.task.oof_frame(self.data.y, oof)
         frame.insert(0, "id", self.data.samples.train["listed"].to_numpy())
         frame.insert(1, "fold", self.data.fold)
-        atomic_write_text(self.run.paths.trial_oof_csv(owner), frame.to_csv(index=False))
+        write_file(self.run.paths.trial_oof_csv(owner), frame.to_csv(index=False))
 
     def _eval_reporter(self, trial: optuna.Trial, cfg: TrialConfig, k: int,
                        progress: Optional[FoldProgress]) -> Optional[Callable[[float, float], None]]:

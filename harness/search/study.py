@@ -8,16 +8,21 @@ Resume rules
   by other machines (shared PostgreSQL storage) are retried the same way by Optuna's heartbeat.
 - A study keeps one search space, data and fold split (its fingerprint); a change needs a new
   run directory.
+- An SQLite study is copied beside itself (`<db>.backup`) after each finished trial; a damaged
+  study file is said as such (not as a storage that cannot be reached), naming that copy.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import ContextManager, List, Optional, Tuple
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -26,9 +31,10 @@ from optuna.trial import TrialState
 from ..config.paths import Run
 from ..config.spec import to_dict
 from ..data.prepare import SearchData
-from ..errors import SpecError, storage_error_line
+from ..errors import SpecError, backup_of, damage, damaged_line, shown_url, sqlite_file, storage_error_line
+from ..files import temporary_path
 from ..training.config import HOW_FIELDS
-from ..training.store import artifact_owner
+from ..training.store import artifact_owner, first_damage
 from .pruners import PRUNERS
 from .workers import worker_seed
 
@@ -41,11 +47,12 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> optuna.Study:
     """The run's study (`create`: made if new); `storage`, when the caller has connected already."""
-    missing = SpecError(f"no study {run.study_name!r} in {run.storage_url}: run `harness search` first")
-    db_file = _sqlite_file(run.storage_url)
+    shown = shown_url(run.storage_url)
+    missing = SpecError(f"no study {run.study_name!r} in {shown}: run `harness search` first")
+    db_file = sqlite_file(run.storage_url)
     if not create and db_file is not None and not db_file.is_file():  # opening it would create an empty database
         where = db_file.parent if not db_file.parent.is_dir() else db_file
-        raise SpecError(f"no study {run.study_name!r}: {where} does not exist (storage {run.storage_url}): check "
+        raise SpecError(f"no study {run.study_name!r}: {where} does not exist (storage {shown}): check "
                         "--run-dir and --storage, or run `harness search` first")
     if create:
         run.paths.root.mkdir(parents=True, exist_ok=True)
@@ -101,13 +108,29 @@ def retry_interrupted(study: optuna.Study) -> List[int]:
     return numbers
 
 
+def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
+    """Enqueue again, with the same parameters, complete trials whose fold files were damaged since
+    (cut off, edited, removed): the retry trains those folds again in the same folder and reads the
+    whole ones back. Returns (trial, the damaged file's line) of each."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_source") for t in trials}
+    latest = {artifact_owner(t): t for t in trials if t.state == TrialState.COMPLETE}  # in number order
+    out = []
+    for owner, t in latest.items():
+        damage = None if t.number in retried else first_damage(run.paths, owner, run.spec.folds)
+        if damage is not None:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": owner, "retry_source": t.number})
+            out.append((t.number, damage.line(run.paths.root)))
+    return out
+
+
 def _fingerprint(run: Run, data: SearchData) -> dict:
     spec = to_dict(run.spec)
     keep = ("task", "metric", "folds", "seed", "channels", "orientation", "positive", "positive_value",
             "heads", "fold_by", "search")
     spec["search"] = {k: v for k, v in spec["search"].items() if k not in HOW_FIELDS}
     return {**{k: spec[k] for k in keep}, "train.groups": spec["train"]["groups"], "folds_hash": data.folds_hash,
-            "classes": data.samples.heads}
+            "classes": data.samples.heads, "train data": data.train_hash}
 
 
 def check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:
@@ -124,14 +147,55 @@ def check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:
                 k = changed[0]
                 raise SpecError(f"search.{k} is {now[key][k]} but this study was started with "
                                 f"{before[key].get(k)}: use another --run-dir (or the same --set)")
+        elif key == "train data":
+            if before.get(key, now[key]) != now[key]:  # a study older than this key has none
+                raise SpecError("the training images hold other bytes than when this study was started (a file "
+                                "was replaced or edited): its finished folds were trained on the old ones; use "
+                                "another --run-dir")
         elif before.get(key) != now[key]:
             raise SpecError(f"{key} is {now[key]} but this study was started with {before.get(key)}: "
                             "use another --run-dir")
 
 
-def _sqlite_file(url: str) -> Optional[Path]:
-    """The database file of an SQLite URL (sqlite:///relative or sqlite:////absolute), else None."""
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+def backup_sqlite(url: str) -> None:
+    """Copy an SQLite study, consistent (SQLite's online backup, under its read lock, while other
+    workers write), to `<db file>.backup` beside it: a damaged study file can be put back from there.
+    Other storages keep their own backups."""
+    db_file = sqlite_file(url)
+    if db_file is None or not db_file.is_file():
+        return
+    target = backup_of(db_file)
+    tmp = temporary_path(target)
+    try:
+        with _read_only(db_file) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+        os.replace(tmp, target)
+    except sqlite3.Error as err:  # a full disk is said as the harness says it: the file, what to do
+        raise OSError(errno.ENOSPC if "full" in str(err) else errno.EIO, str(err), str(target)) from err
+    finally:
+        tmp.unlink(missing_ok=True)  # ours: left only when the copy failed
+
+
+def _read_only(db_file: Path) -> ContextManager[sqlite3.Connection]:
+    """A read-only connection to an existing SQLite file (never creating one), closed after the block."""
+    return contextlib.closing(sqlite3.connect(db_file.resolve().as_uri() + "?mode=ro", uri=True, timeout=60))
+
+
+def check_sqlite(url: str) -> None:
+    """A damaged SQLite study file (overwritten, cut short) is said as such, with what to do, and
+    not as a storage that cannot be reached."""
+    db_file = sqlite_file(url)
+    if db_file is None or not db_file.is_file():
+        return
+    try:
+        with _read_only(db_file) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        if damage(err) is None:
+            return  # locked, or not readable: the storage says so when it connects
+        verdict = str(err)
+    if verdict != "ok":
+        raise SpecError(damaged_line(db_file, verdict.splitlines()[0]))
 
 
 def connect(url: str, heartbeat: int = 60) -> RDBStorage:
@@ -141,6 +205,7 @@ def connect(url: str, heartbeat: int = 60) -> RDBStorage:
     Each running trial beats every `heartbeat` seconds; one silent for 5 beats is failed (its
     worker died) and retried with the same parameters by whichever worker looks next.
     """
+    check_sqlite(url)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     for attempt in range(5):
         try:

@@ -6,6 +6,7 @@ precision-recall with the cut-off, and the worst OOF predictions with their imag
 """
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
@@ -28,6 +29,17 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain_text(draw: Callable) -> Callable:
+    """Labels (class names, file names) are drawn as written: `$`, `^` or `\\` in a class name would
+    otherwise be parsed as TeX and can stop the report."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with _plt().rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def png(fig: "matplotlib.figure.Figure") -> bytes:
@@ -74,6 +86,7 @@ def search_figures(study: optuna.Study) -> List[tuple]:
     return out
 
 
+@plain_text
 def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
     """Each fold's validation metric and losses against the optimizer step."""
     plt = _plt()
@@ -88,6 +101,7 @@ def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
     return png(fig)
 
 
+@plain_text
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: List[str]) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(classes) + 2.5),) * 2)
@@ -98,6 +112,7 @@ def confusion(truth: np.ndarray, predicted: np.ndarray, classes: List[str]) -> b
     return png(fig)
 
 
+@plain_text
 def roc_pr(truth: np.ndarray, scores: np.ndarray, fold: np.ndarray, cutoff: dict) -> bytes:
     """ROC (each fold and pooled) and precision-recall of the pooled OOF, the cut-off marked on both."""
     plt = _plt()
@@ -121,6 +136,7 @@ def roc_pr(truth: np.ndarray, scores: np.ndarray, fold: np.ndarray, cutoff: dict
     return png(fig)
 
 
+@plain_text
 def thumbnails(panels: List[List[np.ndarray]], captions: List[str], columns: int = 4) -> bytes:
     """A grid of examples: each is one or more uint8 H×W(×C) panels side by side, and a caption."""
     plt = _plt()

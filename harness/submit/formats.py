@@ -1,11 +1,13 @@
 """Submission formats (`harness list formats`): the ensemble's test predictions → the competition's file.
 
-A format is one registered function `(run, data, proba, thresholds) -> str` that writes
-`<run-dir>/<submission.file>` and says what it wrote; `masks` says whether it writes masks
+A format is one registered function `(run, data, proba, thresholds, stage) -> str` that writes
+`<run-dir>/<submission.file>` through `stage` (`files.Staged`: it lands with the ensemble and the
+report, or not at all) and says what it wrote; `masks` says whether it writes masks
 (segmentation) or a table of labels. The task's `check_spec` pairs tasks with formats.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict
 
@@ -15,6 +17,7 @@ import pandas as pd
 from ..data.masks import read_volume, rle_encode
 from ..data.samples import read_sample_submission
 from ..errors import SpecError
+from ..files import Staged
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -27,18 +30,19 @@ FORMATS = Registry("submission format")
 
 
 @FORMATS.register("csv", masks=False)
-def csv_table(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float]) -> str:
+def csv_table(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+              stage: Staged) -> str:
     """A csv of ids and labels (or probabilities), in the sample submission's order when there is one."""
     out = _target(run)
     frame = submission_frame(run.spec, data.task, data.samples.test["id"], proba, thresholds)
     frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
-    frame.to_csv(out.with_name(out.name + ".tmp"), index=False)
-    out.with_name(out.name + ".tmp").replace(out)
+    stage.write(out, frame.to_csv(index=False))
     return f"{out} ({len(frame)} rows)"
 
 
 @FORMATS.register("tiff", masks=True)
-def tiff_volume(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float]) -> str:
+def tiff_volume(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+                stage: Staged) -> str:
     """One multi-page TIFF, a page per test image (the test volume's shape)."""
     import tifffile
 
@@ -47,31 +51,38 @@ def tiff_volume(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: D
     volume = read_volume(test["path"].iloc[0]) if "page" in test and test["page"].notna().all() else None
     if volume is not None and volume.shape[:3] != pixels.shape:
         raise SpecError(f"submission: masks of shape {pixels.shape}, the test volume is {volume.shape[:3]}")
-    tifffile.imwrite(out, pixels, photometric="minisblack")  # one page per slice, however few
+    buffer = io.BytesIO()  # tifffile wants a named file or a buffer
+    tifffile.imwrite(buffer, pixels, photometric="minisblack")  # one page per slice, however few
+    stage.write(out, buffer.getvalue())
     return f"{out} ({pixels.shape[0]} pages of {pixels.shape[2]}x{pixels.shape[1]}, values {values})"
 
 
 @FORMATS.register("png_folder", masks=True)
-def png_folder(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float]) -> str:
-    """A folder of PNG masks named after the test ids."""
+def png_folder(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+               stage: Staged) -> str:
+    """A folder of PNG masks named after the test ids (the folder is replaced whole)."""
     from PIL import Image
 
     out = _target(run)
     pixels, values = _mask_pixels(run.spec, data.task.labels(proba, thresholds))
-    out.mkdir(parents=True, exist_ok=True)
+    folder = stage.folder(out)
     for name, mask in zip(data.samples.test["id"], pixels):
-        Image.fromarray(mask).save(out / f"{name}.png")
+        file = folder / f"{name}.png"
+        if not file.resolve().is_relative_to(folder.resolve()):
+            raise SpecError(f"submission: test id {name!r} would write outside {out}: use submission.id_from stem")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(file)
     return f"{out}/ ({len(pixels)} PNG masks, values {values})"
 
 
 @FORMATS.register("rle_csv", masks=True)
-def rle_csv(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float]) -> str:
+def rle_csv(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float], stage: Staged) -> str:
     """Kaggle's run-length encoded masks: a csv of ids and RLE strings."""
     out, sub = _target(run), run.spec.submission
     masks = data.task.labels(proba, thresholds)
     frame = pd.DataFrame({sub.id_column: data.samples.test["id"].to_numpy(),
                           sub.target_column: [rle_encode(m) for m in masks]})
-    frame.to_csv(out, index=False)
+    stage.write(out, frame.to_csv(index=False))
     return f"{out} ({len(frame)} rows of run-length encoded masks)"
 
 
@@ -107,9 +118,7 @@ def check_submission(frame: pd.DataFrame, spec: "Competition", data_root: Path, 
 
 
 def _target(run: "Run") -> Path:
-    out = run.paths.submission(run.spec.submission.file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+    return run.paths.submission(run.spec.submission.file)
 
 
 def _mask_pixels(spec: "Competition", masks: np.ndarray):

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 
 from ..data.images import load_resized
+from ..files import Staged
 from ..training.store import artifact_owner
 from . import figures as fig
 from .report import cutoff_text, data_summary, leaderboard
@@ -32,8 +33,8 @@ STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em
 
 
 def write_report(run: "Run", data: "SearchData", study: optuna.Study, ens: "Ensemble", summary: List[str],
-                 head_figures: Dict[str, dict]) -> None:
-    """Write `<run-dir>/report.html`; `head_figures` are `report.oof_report`'s figures by head."""
+                 head_figures: Dict[str, dict], stage: Staged) -> None:
+    """Write `<run-dir>/report.html` (through `stage`); `head_figures` are `report.oof_report`'s figures by head."""
     title = f"{run.spec.name}: {run.spec.metric}"
     parts = [f"<h1>{html.escape(title)}</h1>", _list(summary), "<details><summary>Data</summary>",
              _list(data_summary(data).splitlines()), "</details>", "<h2>Search</h2>"]
@@ -43,7 +44,7 @@ def write_report(run: "Run", data: "SearchData", study: optuna.Study, ens: "Ense
     parts.append("<h2>Trials</h2>" + leaderboard(study).to_html(index=False, na_rep=""))
     page = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style><body>{''.join(parts)}</body></html>")
-    run.paths.report_html.write_text(page)
+    stage.write(run.paths.report_html, page)
 
 
 def _best_trial_section(run: "Run", study: optuna.Study) -> List[str]:
@@ -53,11 +54,19 @@ def _best_trial_section(run: "Run", study: optuna.Study) -> List[str]:
     best = study.best_trial
     owner = artifact_owner(best)
     files = [run.paths.fold(owner, k).history for k in range(run.spec.folds)]
-    histories = [pd.read_csv(f) for f in files if f.is_file()]
+    histories = [h for h in map(_history, files) if h is not None]
     if not histories or run.spec.metric not in histories[0]:
         return []
     return [f"<h2>Learning curves of the best trial (#{best.number}, CV {best.value:.4f})</h2>",
             _figure("learning curves", fig.learning_curves(histories, run.spec.metric))]
+
+
+def _history(path) -> "pd.DataFrame | None":
+    """A fold's history.csv, or None when it is missing or not whole (the report goes on without it)."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):  # missing, cut off, not text; pandas' parser errors are ValueErrors
+        return None
 
 
 def _heads_section(run: "Run", data: "SearchData", ens: "Ensemble", head_figures: Dict[str, dict]) -> List[str]:

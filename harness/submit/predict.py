@@ -12,13 +12,13 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config.paths import Run, atomic_write_text
+from ..config.paths import Run
 from ..data.prepare import SearchData, prepare_data
 from ..errors import SpecError
+from ..files import write_file
 from ..search.study import open_study
-from ..training.config import TrialConfig
 from ..training.predict import predict_from_checkpoint
-from ..training.store import artifact_owner, load_trial_folds, pool_folds
+from ..training.store import DamagedFold, artifact_owner, load_trial_config, load_trial_folds, pool_folds
 from .formats import submission_frame
 
 
@@ -43,7 +43,7 @@ def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[s
         for j, c in enumerate(head.classes):
             table[f"{tag}p.{c}"] = proba[:, head.offset + j].round(6)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, table.to_csv(index=False))
+    write_file(out, table.to_csv(index=False))
     echo(f"wrote {out} ({len(table)} images, ensemble of trial(s) "
          f"{', '.join('#' + n for n in record['weights'])})")
     return out
@@ -73,7 +73,15 @@ def _ensemble_record(run: Run) -> dict:
     if not run.paths.ensemble_json.is_file():
         raise SpecError(f"{run.paths.ensemble_json}: no ensemble yet: run `harness submit` first, which "
                         "chooses the ensemble predict uses")
-    return json.loads(run.paths.ensemble_json.read_text())
+    try:
+        record = json.loads(run.paths.ensemble_json.read_bytes())
+        whole = isinstance(record, dict) and isinstance(record.get("weights"), dict) and record["weights"]
+    except (OSError, ValueError):  # cut off, or not text
+        whole = False
+    if not whole:
+        raise SpecError(f"{run.paths.ensemble_json}: damaged, not the ensemble submit wrote: run `harness submit` "
+                        "again")
+    return record
 
 
 def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:
@@ -88,11 +96,15 @@ def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:
 
 def _trial_proba(run: Run, data: SearchData, owner: int, frame: pd.DataFrame) -> np.ndarray:
     """One trial's prediction: each fold model's (with the trial's TTA), pooled as the CV pools them."""
-    cfg = TrialConfig(**json.loads(run.paths.trial_config(owner).read_text()))
-    folds = load_trial_folds(run.paths, owner, run.spec.folds)
-    if folds is None:
-        raise SpecError(f"{run.paths.trial_dir(owner)}: a fold of this ensemble member is missing: run `harness "
-                        "submit` again to choose among the trials still on disk")
-    images = data.task.load_images(frame, cfg.image_size, data.channels, None)
-    tests = [predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, f.fold), images) for f in folds]
+    try:
+        cfg = load_trial_config(run.paths, owner)
+        folds = load_trial_folds(run.paths, owner, run.spec.folds)
+        if folds is None:
+            raise SpecError(f"{run.paths.trial_dir(owner)}: a fold of this ensemble member is missing: run "
+                            "`harness submit` again to choose among the trials still on disk")
+        images = data.task.load_images(frame, cfg.image_size, data.channels, None)
+        tests = [predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, f.fold), images) for f in folds]
+    except DamagedFold as err:
+        raise SpecError(f"{err.line()}: run `harness submit` again to choose among the trials whose files are "
+                        "whole") from None
     return pool_folds(folds, len(data.samples.train), data.task, tests)[1]

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from ..config.paths import RunPaths
 from ..data.images import probe_images
 from ..data.prepare import SearchData
+from ..files import Staged
 from ..training.store import artifact_owner
 from .ensemble import Ensemble
 
@@ -67,6 +68,14 @@ def data_summary(data: SearchData) -> str:
                      f"{probe['height'].min()}-{probe['height'].max()}; files by mode: "
                      + ", ".join(f"{m} {n}" for m, n in probe["mode"].value_counts().items()))
     lines.append(f"channels used: {data.channels}")
+    if data.duplicates:
+        lines.append(f"identical images: {data.duplicates} training file(s) hold the same bytes as another one; "
+                     "each such set is kept in one fold")
+    for part, counts in (s.skipped or {}).items():
+        if counts:
+            lines.append(f"skipped in {part}: {sum(counts.values())} file(s) of other extensions ("
+                         + ", ".join(f"{e} {n}" for e, n in sorted(counts.items()))
+                         + f"): add them to {part}.extensions to use them")
     return "\n".join(lines)
 
 
@@ -74,9 +83,9 @@ def _short(value):
     return f"{value:.2e}" if isinstance(value, float) else value
 
 
-def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, dict]:
+def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble, stage: Staged) -> Dict[str, dict]:
     """Per head: the ensemble's OOF confusion matrix (class names on both axes) and, for a binary
-    head, its cut-off with sensitivity and specificity. Writes confusion_matrix*.csv."""
+    head, its cut-off with sensitivity and specificity. Writes confusion_matrix*.csv (through `stage`)."""
     labels = data.task.labels(ens.oof, ens.thresholds)
     arrays = data.task.report_arrays(data.y, ens.oof, labels)
     out = {}
@@ -85,7 +94,7 @@ def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble) -> Dict[str, di
         matrix = pd.DataFrame(skm.confusion_matrix(truth, predicted, labels=np.arange(len(head.classes))),
                               index=[f"true {c}" for c in head.classes],
                               columns=[f"predicted {c}" for c in head.classes])
-        matrix.to_csv(paths.confusion_csv(tag))
+        stage.write(paths.confusion_csv(tag), matrix.to_csv())
         figures = {"confusion_matrix": matrix}
         if head.name in ens.thresholds:
             tn, fp, fn, tp = matrix.to_numpy().ravel()

@@ -9,13 +9,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..config.paths import Run, atomic_write_text
+from ..config.paths import Run
 from ..data.prepare import SearchData, prepare_data
 from ..errors import SpecError
+from ..files import Staged, remove_leftovers
 from ..search.study import open_study
-from ..training.config import TrialConfig
 from ..training.predict import predict_from_checkpoint
-from ..training.store import load_trial_folds, pool_folds, read_done
+from ..training.store import DamagedFold, FoldResult, load_trial_config, load_trial_folds, pool_folds
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .page import write_report
@@ -35,16 +35,19 @@ def run_ensemble(run: Run, echo: Callable[[str], None] = print
 
 
 def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
-    """Write `<run-dir>/<submission.file>`, `ensemble.json` and report.html; returns the submission's path."""
+    """Write `<run-dir>/<submission.file>`, `ensemble.json` and report.html, all or none of them (a
+    full disk half-way leaves the previous ones as they were); returns the submission's path."""
+    remove_leftovers(run.paths.root, legacy=True)
     data, study, preds, ens = run_ensemble(run, echo)
     test = ens.blend({p.number: p.test for p in preds})
-    written = FORMATS.get(run.spec.submission.format)(run, data, test, ens.thresholds)
-    figures = oof_report(run.paths, data, ens)
-    record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
-                                                      for h, f in figures.items()}}
-    atomic_write_text(run.paths.ensemble_json, json.dumps(record, indent=1))
-    summary = _summary(run, data, preds, ens)
-    write_report(run, data, study, ens, summary, figures)
+    with Staged() as stage:
+        written = FORMATS.get(run.spec.submission.format)(run, data, test, ens.thresholds, stage)
+        figures = oof_report(run.paths, data, ens, stage)
+        record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
+                                                          for h, f in figures.items()}}
+        stage.write(run.paths.ensemble_json, json.dumps(record, indent=1))
+        summary = _summary(run, data, preds, ens)
+        write_report(run, data, study, ens, summary, figures, stage)
     for line in summary + oof_lines(figures):
         echo(line)
     echo(f"wrote {written} and {run.paths.report_html}")
@@ -55,7 +58,9 @@ def make_report(run: Run, echo: Callable[[str], None] = print) -> Path:
     """Write report.html (and the confusion matrices) of the ensemble `submit` would choose now;
     the submission and ensemble.json are left as they are."""
     data, study, preds, ens = run_ensemble(run, echo)
-    write_report(run, data, study, ens, _summary(run, data, preds, ens), oof_report(run.paths, data, ens))
+    with Staged() as stage:
+        write_report(run, data, study, ens, _summary(run, data, preds, ens), oof_report(run.paths, data, ens, stage),
+                     stage)
     echo(f"wrote {run.paths.report_html}")
     return run.paths.report_html
 
@@ -82,33 +87,50 @@ def _threshold_note(ens: Ensemble, preds: List[TrialPredictions]) -> str:
 def load_trial_predictions(run: Run, study, data: SearchData,
                            echo: Callable[[str], None] = lambda line: None) -> List[TrialPredictions]:
     """OOF and fold-averaged test predictions of every COMPLETE trial, read from the run directory;
-    a trial whose predictions are not finite (a diverged model, finished before this was checked)
-    is left out."""
-    preds = []
+    a trial whose predictions are not finite (a diverged model, finished before this was checked),
+    or whose files are damaged, is left out, in a line."""
+    preds, damaged = [], []
     n_train = len(data.samples.train)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in _latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
         owner = t.user_attrs.get("artifacts", t.number)
-        folds = load_trial_folds(run.paths, owner, run.spec.folds)
-        if folds is None:
-            continue  # its files were removed by hand: skip rather than guess
-        tests = [_test_predictions(run, data, owner, f.fold, f.test) for f in folds]
+        try:
+            folds = load_trial_folds(run.paths, owner, run.spec.folds)
+            if folds is None:
+                continue  # its files were removed by hand: skip rather than guess
+            tests = [_test_predictions(run, data, owner, f) for f in folds]
+        except DamagedFold as err:
+            damaged.append(f"trial {t.number} left out: {err.line(run.paths.root)}")
+            continue
         # checked before pooling: percentiles of NaN scores would look finite
         if not all(np.isfinite(f.oof).all() and np.isfinite(test).all() for f, test in zip(folds, tests)):
             echo(f"trial {t.number} left out: its predictions are not finite (the model diverged)")
             continue
         oof, test = pool_folds(folds, n_train, data.task, tests)
         preds.append(TrialPredictions(number=t.number, cv=t.value, oof=oof, test=test))
+    # the next search runs such a trial again first, with its parameters: it needs a slot of --trials
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    for line in damaged:
+        echo(f"{line}; `harness search --trials {finished + len(damaged)}` trains its damaged folds again")
     return preds
 
 
-def _test_predictions(run: Run, data: SearchData, owner: int, fold: int, stored: np.ndarray) -> np.ndarray:
-    """The fold's stored test predictions, or fresh ones from its checkpoint if the test set changed."""
-    out = run.paths.fold(owner, fold)
-    if read_done(out).get("test_hash") == data.test_hash:
-        return stored
-    cfg = TrialConfig(**json.loads(run.paths.trial_config(owner).read_text()))
+def _latest_per_folder(trials: List[optuna.trial.FrozenTrial]) -> List[optuna.trial.FrozenTrial]:
+    """One trial per trial folder, the latest: a retry that trained a finished trial's damaged folds
+    again (in that trial's folder) stands for it."""
+    latest = {}
+    for t in trials:  # in number order
+        latest[t.user_attrs.get("artifacts", t.number)] = t
+    return list(latest.values())
+
+
+def _test_predictions(run: Run, data: SearchData, owner: int, fold: FoldResult) -> np.ndarray:
+    """The fold's stored test predictions, or fresh ones from its checkpoint if the test set changed;
+    DamagedFold when the checkpoint (or the trial's config.json) this needs is not whole."""
+    if fold.test_hash == data.test_hash:
+        return fold.test
+    cfg = load_trial_config(run.paths, owner)
     images = data.task.load_images(data.samples.test, cfg.image_size, data.channels, run.paths.cache_dir)
-    return predict_from_checkpoint(cfg, data.task, out, images)
+    return predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, fold.fold), images)
 
 
 def _ensemble_record(ens: Ensemble, run: Run) -> dict:

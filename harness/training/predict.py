@@ -1,19 +1,25 @@
 """Prediction: batched, mixed-precision, flip-TTA probabilities, from a live model or a fold checkpoint."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Union
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 
-from ..config.paths import FoldPaths
+from ..errors import chain, first_line
 from .augment import tta_views
 from .config import TrialConfig
 from .device import amp_dtype, device
 from .feed import eval_batches
 from .models import MODEL_FAMILIES, normalisation
+from .store import DamagedFold
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # config.paths only for annotations: weights.py (which config imports) uses this module
+    from ..config.paths import FoldPaths
     from ..tasks.base import Task
 
 PREDICT_PIXELS = 64 * 1024 * 1024  # image pixels per prediction batch (flip views and tiles add to it)
@@ -45,12 +51,53 @@ def predict_from_checkpoint(cfg: TrialConfig, task: "Task", fold: FoldPaths, ima
     """Re-predict `images` with a fold's saved model (used when the test set changed since training)."""
     dev = device()
     model = MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, False)
-    model.load_state_dict(torch.load(fold.model, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(load_checkpoint(fold.model))
+    except RuntimeError as err:  # other keys or shapes: weights of another model
+        raise NotACheckpoint(fold.model, f"its weights do not fit the trial's {cfg.backbone}: "
+                                         f"{first_line(err)[:200]}") from None
     model = model.float().to(dev, memory_format=torch.channels_last)
     mean, std = (t.to(dev) for t in normalisation(model, cfg.channels))
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
     return predict_proba(model, images, np.arange(len(images)), views, task.predict, mean, std,
                          cfg.batch_size)
+
+
+class NotACheckpoint(DamagedFold):
+    """A fold's model.pt that does not load as the weights the harness saved."""
+
+    def line(self, root: Optional[Path] = None) -> str:
+        return f"{self.named(root)}: not a checkpoint the harness wrote ({self.problem})"
+
+
+def load_checkpoint(path: Path) -> Dict[str, torch.Tensor]:
+    """The weights the harness saved at `path` (a state dict of tensors), loaded without running any
+    pickled code: every checkpoint load goes through here. NotACheckpoint, in one line, otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's about pickle protocols: the error says enough
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DamagedFold(path, "missing") from None
+    except Exception as err:  # noqa: BLE001 - zip, pickle and runtime errors alike: the file is not ours
+        raise NotACheckpoint(path, checkpoint_problem(err)) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NotACheckpoint(path, f"it holds a {type(state).__name__}, not a model's weights")
+    return state
+
+
+def checkpoint_problem(err: BaseException) -> str:
+    """Why torch.load (or timm, around it) refused a file, in a few words. Never its advice to load
+    the file unchecked (weights_only=False): that would run whatever code the file holds."""
+    text = " ".join(str(e) for e in chain(err))
+    unsafe = re.search(r"Unsupported globals?: (?:GLOBAL )?([\w.]*\w(?:, [\w.]*\w)*)", text)
+    if unsafe:
+        return f"it holds pickled Python objects ({unsafe[1]}), not only tensors"
+    if any(isinstance(e, pickle.UnpicklingError) for e in chain(err)) or "weights_only" in text:
+        return "its bytes are not a PyTorch checkpoint"
+    if "zip archive" in text or isinstance(err, EOFError):
+        return "cut off or overwritten: not a whole PyTorch file"
+    return " ".join(line.strip() for line in str(err).splitlines()[:2])[:200] or type(err).__name__
 
 
 def check_finite(proba: np.ndarray, what: str, cfg: TrialConfig) -> None:

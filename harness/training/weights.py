@@ -105,10 +105,12 @@ def check_fits(backbone: str, file: str) -> None:
     says it does not: a trial would fail on it at once, and so would every other."""
     import timm
 
+    from .predict import checkpoint_problem
+
     try:  # without a head: a checkpoint with or without one (a segmentation encoder's) loads alike
         timm.create_model(backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": file})
     except Exception as err:  # noqa: BLE001 - a mismatch shows as several error types
-        first = " ".join(line.strip() for line in str(err).splitlines()[:2])[:200] or type(err).__name__
+        first = checkpoint_problem(err)  # never timm's advice to retry with weights_only=False
         raise SpecError(f"'search.pretrained': weights file {file} does not load into {backbone} ({first}): "
                         "give that backbone's checkpoint (a mapping backbone: file for several)") from None
 
