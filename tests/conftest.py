@@ -1,10 +1,16 @@
 """Tiny synthetic competitions, built in a temp dir, in each layout the harness reads."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -14,6 +20,64 @@ from click.testing import CliRunner
 from PIL import Image
 
 from harness.cli import main
+
+@contextlib.contextmanager
+def postgres_cluster(admin_password: str) -> Iterator[int]:
+    """A throw-away PostgreSQL server on 127.0.0.1 (started as the `postgres` user when root, which
+    PostgreSQL refuses to run as) that asks host connections for a password; yields its port.
+    Skips the test when the server or psycopg 3 is not installed."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    as_user: List[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    (root / "pw").write_text(admin_password + "\n")
+    if as_user:
+        shutil.chown(root / "pw", "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "postgres", "--pwfile", str(root / "pw"),
+                              "--auth-host=scram-sha-256", "--auth-local=trust"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                              f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if found is None:
+        pytest.skip(f"PostgreSQL's {name} is not installed (`make test` installs the postgresql package)")
+    return str(found)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def disk_full_on_fold_1(monkeypatch):
+    """While armed (`arm(True)`), saving any trial's fold 1 fails as a full disk does."""
+    import harness.training.fit
+
+    save_fold = harness.training.fit.save_fold
+
+    def failing(out, result, *args):
+        if result.fold == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out.model))
+        save_fold(out, result, *args)
+
+    def arm(on: bool = True) -> None:
+        monkeypatch.setattr(harness.training.fit, "save_fold", failing if on else save_fold)
+
+    return arm
+
 
 TINY_SEARCH = {
     "backbones": ["resnet10t"], "image_size": [16], "augment": ["none", "light"], "loss": ["ce"],

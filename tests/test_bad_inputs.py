@@ -6,7 +6,6 @@ any training, and leave everything outside the run dir exactly as it was.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
-import harness.training.fit
 from conftest import TINY_SEARCH, draw, edit_spec, tree, write_spec
 from harness.cli import main
 from harness.files import write_file
@@ -383,24 +381,17 @@ def test_storage_is_remembered_only_once_connected_and_absolute(class_folder_com
 
 
 def test_a_full_disk_mid_trial_stops_in_one_line_and_the_trial_resumes(class_folder_competition, cli, tmp_path,
-                                                                       monkeypatch):
+                                                                       disk_full_on_fold_1):
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
-    save_fold = harness.training.fit.save_fold
-
-    def disk_full_on_fold_1(out, result, *args):
-        if result.fold == 1:
-            raise OSError(errno.ENOSPC, "No space left on device", str(out.model))
-        save_fold(out, result, *args)
-
-    monkeypatch.setattr(harness.training.fit, "save_fold", disk_full_on_fold_1)
+    disk_full_on_fold_1(True)
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert lines[-1] == (f"Error: {run_dir / 'trials/t0000/fold1/model.pt'}: no space left on the disk: free "
                          "some space and run the same command again (finished trials and folds are kept)")
     assert not any("failed" in line for line in lines)
-    monkeypatch.setattr(harness.training.fit, "save_fold", save_fold)
+    disk_full_on_fold_1(False)
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
     assert "trial 0 was interrupted" in out
     assert "(reused from disk)" in out.split("trial 1 fold 1/2")[1].splitlines()[0]  # only fold 2 is trained

@@ -6,7 +6,6 @@ disk fault, a copy cut short or an edit would leave it.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-import harness.training.fit
 from conftest import draw
 
 FOLD_FILES = ["done.json", "oof.npy", "val_index.npy", "test.npy", "model.pt", "history.csv"]
@@ -131,19 +129,12 @@ def test_search_again_trains_the_damaged_fold_again(name, class_folder_competiti
 
 
 def test_a_resumed_interrupted_trial_with_a_damaged_fold_completes(class_folder_competition, cli, tmp_path,
-                                                                   monkeypatch):
+                                                                   disk_full_on_fold_1):
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
-    save_fold = harness.training.fit.save_fold
-
-    def disk_full_on_fold_1(out, result, *args):
-        if result.fold == 1:
-            raise OSError(errno.ENOSPC, "No space left on device", str(out.model))
-        save_fold(out, result, *args)
-
-    monkeypatch.setattr(harness.training.fit, "save_fold", disk_full_on_fold_1)
+    disk_full_on_fold_1(True)
     no_traceback(cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False))
-    monkeypatch.setattr(harness.training.fit, "save_fold", save_fold)
+    disk_full_on_fold_1(False)
     cut_in_half(fold_file(run_dir, 0, 0, "oof.npy"))  # the finished fold the retry would reuse
     out = no_traceback(cli("search", comp, "--run-dir", run_dir, "--trials", "1"))
     assert "trial 0 was interrupted" in out

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from conftest import postgres_cluster
 from harness.cli import main
 from harness.config.paths import open_run
 from harness.errors import fault_line, storage_error_line
@@ -109,45 +108,18 @@ PASSWORD = "Pg-p@ss:w0rd"  # '@' and ':' are written %40 and %3A in the URL
 SPELLINGS = ("p@ss:w0rd", "p%40ss%3Aw0rd", "p@ss", "p%40ss")
 
 
-def _postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    if found is None:
-        pytest.skip(f"PostgreSQL's {name} is not installed (`make test` installs the postgresql package)")
-    return str(found)
-
-
 @pytest.fixture(scope="module")
 def postgres_user():
     """The URL (password included) of a database owned by user `harness` on a fresh server that
     asks host connections for a password (scram-sha-256), on 127.0.0.1."""
-    psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's root-only tmp: postgres reads it
-    as_user: List[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    (root / "pw").write_text("admin-pw\n")
-    if as_user:
-        shutil.chown(root / "pw", "postgres")
-    data = root / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "postgres", "--pwfile", str(root / "pw"),
-                              "--auth-host=scram-sha-256", "--auth-local=trust"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                              f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, stdout=subprocess.DEVNULL)
-    try:
+    import psycopg
+
+    with postgres_cluster("admin-pw") as port:
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password="admin-pw", dbname="postgres",
                              autocommit=True) as admin:
             admin.execute(f"CREATE ROLE harness LOGIN PASSWORD '{PASSWORD}'")
             admin.execute("CREATE DATABASE studies OWNER harness")
         yield f"postgresql://harness:Pg-p%40ss%3Aw0rd@127.0.0.1:{port}/studies"
-    finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_no_output_and_no_worker_command_line_shows_the_password(postgres_user, class_folder_competition, cli,

@@ -4,12 +4,9 @@ mid-trial has its trial retried by another, its finished folds reused."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -18,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import free_port, postgres_cluster
 from harness.search.workers import worker_seed
 from harness.training.store import artifact_owner
 
@@ -101,45 +99,13 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(class_folder
     assert f"retry of #{victim.number}" in cli("status", comp, "--run-dir", run_dir).output
 
 
-# --- PostgreSQL: a throw-away cluster on 127.0.0.1, started as the `postgres` user when root ---
-
-def _postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    if found is None:
-        pytest.skip(f"PostgreSQL's {name} is not installed (`make test` installs the postgresql package)")
-    return str(found)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+# --- PostgreSQL: a throw-away cluster on 127.0.0.1 (conftest.postgres_cluster) ---
 
 @pytest.fixture(scope="module")
 def postgres():
     """(URL with the password, the cluster's port) of a fresh server that lives for this module."""
-    pytest.importorskip("psycopg", reason="the postgres extra (psycopg 3) is not installed")
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # not under pytest's root-only tmp: postgres reads it
-    as_user: List[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    (root / "pw").write_text("s3cret\n")
-    if as_user:
-        shutil.chown(root / "pw", "postgres")
-    data, port = root / "data", _free_port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "postgres", "--pwfile", str(root / "pw"),
-                              "--auth-host=scram-sha-256", "--auth-local=trust"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                              f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, stdout=subprocess.DEVNULL)
-    try:
+    with postgres_cluster("s3cret") as port:
         yield f"postgresql://postgres:s3cret@127.0.0.1:{port}/postgres", port
-    finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], stdout=subprocess.DEVNULL)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_three_workers_on_one_postgresql_study_end_with_exactly_the_trials_asked(
@@ -162,7 +128,7 @@ def test_postgresql_storage_errors_are_one_line(postgres, class_folder_competiti
     out = cli("status", comp, "--run-dir", tmp_path / "a", "--storage", wrong, ok=False).output
     assert out.startswith("Error: --storage postgresql://postgres:***@127.0.0.1") and "password" in out
     assert "wrong" not in out and len(out.strip().splitlines()) == 1
-    closed = f"postgresql://postgres:s3cret@127.0.0.1:{_free_port()}/postgres"
+    closed = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/postgres"
     out = cli("search", comp, "--run-dir", tmp_path / "b", "--trials", "1", "--storage", closed, ok=False).output
     assert "cannot connect" in out and len(out.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "study.url").exists()
