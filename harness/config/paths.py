@@ -61,8 +61,8 @@ class FoldPaths:
 
 
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
-OWN_NAMES = frozenset({"study.db", "study.url", "options.json", "folds.csv", "cache", "trials", "ensemble.json",
-                       "report.html", ".create.lock", ".slots.lock"})
+OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
+                       "cache", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
 
 
 @dataclass

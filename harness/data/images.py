@@ -37,6 +37,8 @@ def read_image(path: str, channels: int, at_least: int = 0) -> np.ndarray:
                 im = Image.fromarray(to_uint8(np.asarray(im)))
             im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
+    except SpecError:
+        raise  # said already, in its own words
     except (OSError, ValueError, SyntaxError) as err:
         raise SpecError(f"image {path}: cannot be decoded ({err}): re-save it or remove it") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
@@ -151,6 +153,8 @@ def _probe_all(paths: Tuple[str, ...], key: str) -> pd.DataFrame:
         try:
             with open_image(path) as im:
                 return {"path": path, "width": im.width, "height": im.height, "mode": im.mode}
+        except SpecError:
+            raise
         except (OSError, ValueError, SyntaxError) as err:
             raise SpecError(f"image {path}: not a readable image ({err}): re-save it or remove it") from None
 

@@ -2,10 +2,11 @@
 
 A layout is one registered function `(section, root, labelled) -> DataFrame` with columns
 `path` (absolute), `listed` (the image as the competition lists it) and, when labelled,
-`label`; `group` when the spec declares groups. A listing's `attrs["skipped"]` counts the files
-it passed over for their extension, by extension (`harness validate` says them). With several targets (task multihead) each
+`label`; `group` when the spec declares groups. With several targets (task multihead) each
 target has a column `label.<target>` and `label` holds their combination, which folds stratify
-on. `samples.load_samples` turns the listings into the samples table.
+on. A listing's `attrs["skipped"]` counts the files it passed over for their extension, by
+extension (`harness validate` says them). `samples.load_samples` turns the listings into the
+samples table.
 """
 from __future__ import annotations
 
