@@ -13,13 +13,14 @@ those of this host whose process is gone, and nothing else (the name pattern is 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
+from typing import BinaryIO, Callable, List, Optional, Tuple, Union
 
 Content = Union[bytes, str, Callable[[BinaryIO], None]]
 
@@ -45,22 +46,6 @@ def write_file(path: Path, content: Content, mode: Optional[int] = None) -> Path
     finally:
         tmp.unlink(missing_ok=True)  # ours: left only when the rename failed
     return path
-
-
-@contextlib.contextmanager
-def writing_folder(path: Path) -> Iterator[Path]:
-    """A temporary folder to fill; on success it takes the place of `path` (the old folder, the
-    harness's own output, is removed only then), on failure it is removed and `path` is kept."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.mkdir()
-    try:
-        yield tmp
-        _put_in_place(tmp, path)
-    finally:
-        if tmp.exists():
-            _remove(tmp)
 
 
 class Staged:
@@ -114,12 +99,21 @@ def remove_leftovers(folder: Path, recursive: bool = True, legacy: bool = False)
     removed = []
     for path in (folder.rglob("*") if recursive else folder.glob("*")):
         match = _LEFTOVER.match(path.name) or (_LEGACY.match(path.name) if legacy else None)
-        if match is None or match.groupdict().get("host", _HOST) != _HOST or _alive(int(match["pid"])):
+        if match is None or match.groupdict().get("host", _HOST) != _HOST or process_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):  # another run may be removing it too
             _remove(path)
             removed.append(path)
     return removed
+
+
+def file_hash(path: Path, make: Callable[[], "hashlib._Hash"] = hashlib.sha1) -> str:
+    """The hex digest of a file's bytes (`make`: a hashlib constructor), read in blocks."""
+    digest = make()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_temporary(path: Path) -> bool:
@@ -169,9 +163,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: Optional[int]) -> bool:
+    """Whether a process of this pid runs on this host (one of another user's counts as alive)."""
+    if pid is None:
+        return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from joblib import Parallel, delayed
 
-from ..files import write_file
+from ..files import file_hash, write_file
 
 STORE_VERSION = 1
 
@@ -30,7 +30,7 @@ def file_digests(paths: Sequence[str], store: Optional[Path] = None) -> List[str
     unique = list(dict.fromkeys(paths))
     stats = {p: _stat(p) for p in unique}
     todo = [p for p in unique if known.get(p, [None, None, None])[:2] != stats[p]]
-    fresh = Parallel(n_jobs=-1, prefer="threads")(delayed(_digest)(p) for p in todo)
+    fresh = Parallel(n_jobs=-1, prefer="threads")(delayed(file_hash)(p, _blake2b) for p in todo)
     known.update({p: [*stats[p], d] for p, d in zip(todo, fresh)})
     if todo and store is not None:
         try:
@@ -58,12 +58,8 @@ def same_content(digests: Sequence[str], eligible: Optional[np.ndarray] = None) 
     return out
 
 
-def _digest(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _blake2b() -> "hashlib._Hash":
+    return hashlib.blake2b(digest_size=16)
 
 
 def _stat(path: str) -> List[int]:

@@ -33,37 +33,24 @@ def _image_dir(section: "DataSection", root: Path, what: str) -> Path:
     return folder
 
 
-def _list_images(folder: Path, extensions: List[str], within: Optional[Path] = None) -> List[Path]:
+def _list_images(folder: Path, extensions: List[str], within: Optional[Path] = None,
+                 skipped: Optional[Dict[str, int]] = None) -> List[Path]:
     """The images under `folder`; each must lie inside `within` (default `folder`) once links are
-    followed, as the csv layout requires of its paths."""
+    followed, as the csv layout requires of its paths. `skipped` counts, by extension, the files
+    left out for theirs (an animated GIF in a class folder); hidden ones (.DS_Store) are not counted."""
     exts = {e.lower() for e in extensions}
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    paths = sorted(p for p in files if p.suffix.lower() in exts)
+    for p in files if skipped is not None else []:
+        if p.suffix.lower() not in exts and not p.name.startswith("."):
+            ext = p.suffix.lower() or "(none)"
+            skipped[ext] = skipped.get(ext, 0) + 1
     inside = (within or folder).resolve()
     for path in paths:
         if not path.resolve().is_relative_to(inside):
             raise SpecError(f"{path}: links to {path.resolve()}, outside {inside}: copy the file into "
                             "the folder or remove the link")
     return paths
-
-
-def skipped_files(folder: Path, extensions: List[str]) -> Dict[str, int]:
-    """Files under `folder` left out for their extension (an animated GIF in a class folder), by
-    extension; hidden files (.DS_Store) are not counted."""
-    exts = {e.lower() for e in extensions}
-    counts: Dict[str, int] = {}
-    for p in folder.rglob("*"):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in exts:
-            counts[p.suffix.lower() or "(none)"] = counts.get(p.suffix.lower() or "(none)", 0) + 1
-    return counts
-
-
-def _with_skipped(frame: pd.DataFrame, folders: List[Path], extensions: List[str]) -> pd.DataFrame:
-    skipped: Dict[str, int] = {}
-    for folder in folders:
-        for ext, n in skipped_files(folder, extensions).items():
-            skipped[ext] = skipped.get(ext, 0) + n
-    frame.attrs["skipped"] = skipped
-    return frame
 
 
 def masks_by_stem(section: "DataSection", root: Path, what: str) -> Dict[str, str]:
@@ -88,9 +75,9 @@ def class_folders(section: "DataSection", root: Path, labelled: bool) -> pd.Data
                                 "existing folders")
     else:
         mapping = {p.name: p.name for p in sorted(folder.iterdir()) if p.is_dir()}
-    rows = []
+    rows, skipped = [], {}
     for name, label in mapping.items():
-        paths = _list_images(folder / name, section.extensions, within=folder)
+        paths = _list_images(folder / name, section.extensions, within=folder, skipped=skipped)
         if not paths:
             raise SpecError(f"{what}.images: class folder {folder / name} has no images "
                             f"({', '.join(section.extensions)}): add images, or leave the folder out of "
@@ -98,7 +85,8 @@ def class_folders(section: "DataSection", root: Path, labelled: bool) -> pd.Data
         rows.extend({"path": str(path), "listed": str(path.relative_to(folder)), "label": label}
                     for path in paths)
     frame = pd.DataFrame(rows, columns=["path", "listed", "label"]).assign(group=None)
-    return _with_skipped(frame, [folder / name for name in mapping], section.extensions)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 @LAYOUTS.register("folder")
@@ -107,9 +95,11 @@ def image_folder(section: "DataSection", root: Path, labelled: bool) -> pd.DataF
     if labelled:
         raise SpecError("train.layout: 'folder' has no labels; use class_folders or csv")
     folder = _image_dir(section, root, "test")
-    paths = _list_images(folder, section.extensions)
+    skipped: Dict[str, int] = {}
+    paths = _list_images(folder, section.extensions, skipped=skipped)
     frame = pd.DataFrame({"path": [str(p) for p in paths], "listed": [str(p.relative_to(folder)) for p in paths]})
-    return _with_skipped(frame, [folder], section.extensions)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 @LAYOUTS.register("csv")

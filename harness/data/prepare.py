@@ -61,8 +61,9 @@ def prepare_data(run: "Run") -> SearchData:
         probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
     )
     store = run.paths.digests_json if run.paths.root.is_dir() else None  # a command never creates the run dir for it
-    train_digests = file_digests(samples.train["path"].tolist(), store)
-    test_digests = file_digests(samples.test["path"].tolist(), store)
+    n_train = len(samples.train)  # one pass over both listings: the store is read and written once
+    digests = file_digests(samples.train["path"].tolist() + samples.test["path"].tolist(), store)
+    train_digests, test_digests = digests[:n_train], digests[n_train:]
     # pages of one volume share its file's digest: only whole files can be duplicates
     whole_files = samples.train["page"].isna().to_numpy() if "page" in samples.train else None
     same = same_content(train_digests, whole_files) if run.spec.fold_by == "stratified" else None

@@ -32,9 +32,9 @@ from ..config.paths import Run
 from ..config.spec import to_dict
 from ..data.prepare import SearchData
 from ..errors import SpecError, backup_of, damage, damaged_line, shown_url, sqlite_file, storage_error_line
-from ..files import temporary_path
+from ..files import process_alive, temporary_path
 from ..training.config import HOW_FIELDS
-from ..training.store import artifact_owner, first_damage
+from ..training.store import artifact_owner, first_damage, latest_per_folder
 from .pruners import PRUNERS
 from .workers import worker_seed
 
@@ -94,7 +94,7 @@ def retry_interrupted(study: optuna.Study) -> List[int]:
             continue
         if t.state == TrialState.RUNNING:
             pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") != host or (pid != os.getpid() and _process_alive(pid)):
+            if t.user_attrs.get("host") != host or (pid != os.getpid() and process_alive(pid)):
                 continue  # alive, or another machine's: Optuna's heartbeat retries those
             try:
                 study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
@@ -114,9 +114,8 @@ def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
     whole ones back. Returns (trial, the damaged file's line) of each."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_source") for t in trials}
-    latest = {artifact_owner(t): t for t in trials if t.state == TrialState.COMPLETE}  # in number order
     out = []
-    for owner, t in latest.items():
+    for owner, t in latest_per_folder([t for t in trials if t.state == TrialState.COMPLETE]).items():
         damage = None if t.number in retried else first_damage(run.paths, owner, run.spec.folds)
         if damage is not None:
             study.enqueue_trial(t.params, user_attrs={"retry_of": owner, "retry_source": t.number})
@@ -237,13 +236,3 @@ def _made_by_another_worker(err: BaseException) -> bool:
     return "already exists" in text or "duplicate key" in text or "unique constraint" in text
 
 
-def _process_alive(pid: Optional[int]) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,7 +15,8 @@ from ..errors import SpecError
 from ..files import Staged, remove_leftovers
 from ..search.study import open_study
 from ..training.predict import predict_from_checkpoint
-from ..training.store import DamagedFold, FoldResult, load_trial_config, load_trial_folds, pool_folds
+from ..training.store import (DamagedFold, FoldResult, latest_per_folder, load_trial_config, load_trial_folds,
+                              pool_folds)
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .page import write_report
@@ -91,8 +92,7 @@ def load_trial_predictions(run: Run, study, data: SearchData,
     or whose files are damaged, is left out, in a line."""
     preds, damaged = [], []
     n_train = len(data.samples.train)
-    for t in _latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-        owner = t.user_attrs.get("artifacts", t.number)
+    for owner, t in latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).items():
         try:
             folds = load_trial_folds(run.paths, owner, run.spec.folds)
             if folds is None:
@@ -112,15 +112,6 @@ def load_trial_predictions(run: Run, study, data: SearchData,
     for line in damaged:
         echo(f"{line}; `harness search --trials {finished + len(damaged)}` trains its damaged folds again")
     return preds
-
-
-def _latest_per_folder(trials: List[optuna.trial.FrozenTrial]) -> List[optuna.trial.FrozenTrial]:
-    """One trial per trial folder, the latest: a retry that trained a finished trial's damaged folds
-    again (in that trial's folder) stands for it."""
-    latest = {}
-    for t in trials:  # in number order
-        latest[t.user_attrs.get("artifacts", t.number)] = t
-    return list(latest.values())
 
 
 def _test_predictions(run: Run, data: SearchData, owner: int, fold: FoldResult) -> np.ndarray:

@@ -24,7 +24,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 
 from ..errors import first_line
-from ..files import write_file
+from ..files import file_hash, write_file
 from .config import TrialConfig
 
 if TYPE_CHECKING:  # annotations only: config imports weights.py, which uses predict.py, which uses this
@@ -177,20 +177,12 @@ def _check_recorded(out: FoldPaths, done: dict, quick: bool = False) -> None:
                 raise DamagedFold(path, f"size {stat.st_size}, recorded {record['bytes']}")
             if quick and stat.st_mtime_ns <= out.done.stat().st_mtime_ns:
                 continue
-            if _sha1(path) != record["sha1"]:
+            if file_hash(path) != record["sha1"]:
                 raise DamagedFold(path, "its bytes differ from those written: SHA-1 is not the recorded one")
         except FileNotFoundError:
             raise DamagedFold(path, "missing") from None
         except OSError as err:  # a disk that cannot read it back
             raise DamagedFold(path, f"unreadable: {err.strerror or err}") from None
-
-
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -263,6 +255,12 @@ def pool_folds(results: List[FoldResult], n: int, task: "Task",
         oof[r.val_index] = fold_oof
         test_sum = fold_test.astype(np.float64) if test_sum is None else test_sum + fold_test
     return oof, (test_sum / len(results)).astype(np.float32)
+
+
+def latest_per_folder(trials: List[FrozenTrial]) -> Dict[int, FrozenTrial]:
+    """Trial folder (`artifact_owner`) → its latest trial of `trials` (in number order): a retry that
+    trained a finished trial's damaged folds again, in that trial's folder, stands for it."""
+    return {artifact_owner(t): t for t in trials}
 
 
 def artifact_owner(trial: FrozenTrial) -> int:
