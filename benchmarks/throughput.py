@@ -32,9 +32,10 @@ from harness import open_run
 from harness.config.paths import FoldPaths
 from harness.data import prepare_data
 from harness.data.images import load_resized
-from harness.training import fit_fold, trial_config
+from harness.training import trial_config
 from harness.training.device import amp_dtype, default_workers, device
 from harness.training.feed import AUGMENT_ON, augments_on_device
+from harness.training.fit import FoldData, FoldJob, fit_fold
 
 ON_GPU = torch.cuda.is_available()
 
@@ -53,7 +54,7 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
                        channels=data.channels,
                        orientation=run.spec.orientation, metric=run.spec.metric, num_classes=data.task.width,
                        num_workers=default_workers(), augment_on=augment_on, compile=compile)
-    fit_fold(cfg, data.task, images, data.samples.y, train_idx, val_idx, test_images, 0, FoldPaths(out))
+    fit_fold(cfg, data.task, FoldData(images, data.samples.y, train_idx, val_idx, test_images), FoldJob(0, FoldPaths(out)))
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()
     return per_epoch * batch / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
 

@@ -5,12 +5,15 @@
     run_search(run, trials=2)
     make_submission(run)
 
-The pipeline's stages are its packages: `config` (spec, run paths) → `data` (listings, images,
-folds) → `tasks` (what is predicted and scored) → `training` (one fold) → `search` (the study)
-→ `submit` (ensemble, formats, report); `cli` is on top.
+The pipeline's stages are its packages, each importing only those before it: `config` (spec, run
+paths) → `tasks` (what is predicted and scored) → `data` (listings, images, labels, folds) →
+`training` (one fold) → `search` (the study) → `submit` (ensemble, formats, report); `preflight`
+checks a spec against all of them, and `cli` is on top.
 """
-from .config import Competition, Run, load_competition, open_run
+from .config import Competition, Run
 from .errors import SpecError
+from .preflight import load_spec as load_competition
+from .preflight import open_run
 from .search import run_search
 from .submit import make_submission
 

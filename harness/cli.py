@@ -3,24 +3,22 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Callable
 
 import click
 import pandas as pd
+from optuna.trial import TrialState
 
-from .config.paths import Run, open_run
-from .errors import SpecError, os_error_line
-
-REGISTRIES = {
-    "tasks": "harness.tasks:TASKS", "layouts": "harness.data.layouts:LAYOUTS",
-    "preparers": "harness.data.preparers:PREPARERS", "metrics": "harness.tasks.metrics:METRICS",
-    "losses": "harness.tasks.losses:LOSSES", "segmentation_losses": "harness.tasks.pixels:SEG_LOSSES",
-    "segmentation_metrics": "harness.tasks.pixels:SEG_METRICS", "augmentations": "harness.training.augment:AUGMENTS",
-    "imbalance": "harness.training.sampling:IMBALANCE", "models": "harness.training.models:MODEL_FAMILIES",
-    "pruners": "harness.search.pruners:PRUNERS", "formats": "harness.submit.formats:FORMATS",
-    "recipes": "harness.training.recipes:RECIPES",
-}
-
+from .config.paths import Run
+from .data.prepare import prepare_data
+from .errors import SpecError, os_error_line, shown_url
+from .preflight import REGISTRIES, check_run, open_run
+from .search import count_finished, read_study, run_search
+from .search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
+from .submit import make_report, make_submission
+from .submit.predict import predict_images
+from .submit.report import data_summary, leaderboard
 
 def run_options(command: Callable) -> Callable:
     """The options every command shares, resolved into a `Run`."""
@@ -63,11 +61,8 @@ def main() -> None:
 @run_options
 def validate(run: Run) -> None:
     """Check the spec and data; print the samples table summary."""
-    from .data.prepare import check_trainable, prepare_data
-    from .submit.report import data_summary
-
     data = prepare_data(run)
-    weights = check_trainable(run, data)
+    weights = check_run(run, data)
     click.echo(f"{run.spec.name}: {run.spec.task}, metric {run.spec.metric}, {run.spec.folds} folds")
     click.echo(data_summary(data))
     for line in weights:
@@ -87,16 +82,12 @@ def validate(run: Run) -> None:
 @click.option("--quiet", is_flag=True, help="A line per trial; no progress or fold lines.")
 def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool) -> None:
     """Search until the study holds --trials finished trials."""
-    from .errors import shown_url
-    from .search import count_finished, open_study, run_search
-    from .search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
-
     try:
         follow_launcher()  # a worker of `--workers N` stops with its launcher
         workers = workers or default_worker_count()
         if workers > 1:
             run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet)
-            study = open_study(run, create=False)
+            study = read_study(run)
         else:
             study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet)
     except RuntimeError as err:
@@ -115,10 +106,7 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None, qu
               help="csv and json: every column, for scripts and spreadsheets.")
 def status(run: Run, fmt: str) -> None:
     """Leaderboard: trial, state, CV, fold scores, params, duration, busy share, note."""
-    from .search import open_study
-    from .submit.report import leaderboard
-
-    table = leaderboard(open_study(run, create=False))
+    table = leaderboard(read_study(run))
     if fmt == "csv":
         click.echo(table.to_csv(index=False), nl=False)
     elif fmt == "json":
@@ -134,8 +122,6 @@ def status(run: Run, fmt: str) -> None:
 @run_options
 def submit(run: Run) -> None:
     """Ensemble the finished trials and write the submission."""
-    from .submit import make_submission
-
     make_submission(run, echo=click.echo)
 
 
@@ -143,8 +129,6 @@ def submit(run: Run) -> None:
 @run_options
 def report(run: Run) -> None:
     """Write report.html: search, learning curves, confusion, ROC/PR, worst OOF predictions, trials."""
-    from .submit import make_report
-
     make_report(run, echo=click.echo)
 
 
@@ -155,10 +139,6 @@ def report(run: Run) -> None:
               help="The csv to write: image, the target column(s), each class's probability.")
 def predict(run: Run, images: tuple, out: str) -> None:
     """Predict IMAGES (files, or folders searched recursively) with the run's ensemble (after submit)."""
-    from pathlib import Path
-
-    from .submit.predict import predict_images
-
     predict_images(run, images, Path(out), echo=click.echo)
 
 
@@ -166,15 +146,12 @@ def predict(run: Run, images: tuple, out: str) -> None:
 @click.argument("what", type=click.Choice(sorted(REGISTRIES)))
 def list_choices(what: str) -> None:
     """List what a spec may name (tasks, layouts, metrics, losses, formats, …) with a line on each."""
-    module, attr = REGISTRIES[what].split(":")
-    registry = getattr(__import__(module, fromlist=[attr]), attr)
+    registry = REGISTRIES[what]
     for name in registry.names():
         click.echo(f"{name:18s} {registry.describe(name)}")
 
 
 def _has_complete(study) -> bool:
-    from optuna.trial import TrialState
-
     return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 

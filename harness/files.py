@@ -57,8 +57,11 @@ class Staged:
             stage.write(run_dir / "ensemble.json", record)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, into: Optional[Path] = None) -> None:
+        """`into`: the folder the files land in (a run dir); the temporaries a killed writer left there
+        are removed first (`remove_leftovers`)."""
         self._pending: List[Tuple[Path, Path]] = []
+        self.into = into
 
     def write(self, path: Path, content: Content, mode: Optional[int] = None) -> Path:
         path = Path(path)
@@ -76,6 +79,8 @@ class Staged:
         return tmp
 
     def __enter__(self) -> "Staged":
+        if self.into is not None:
+            remove_leftovers(self.into, legacy=True)
         return self
 
     def __exit__(self, kind, error, trace) -> None:

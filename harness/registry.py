@@ -5,6 +5,7 @@ is one decorated function in that module, and the spec validator learns the name
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List
 
 from .errors import SpecError
@@ -30,6 +31,23 @@ class Registry:
             return obj
 
         return wrap
+
+    def unregister(self, name: str) -> Any:
+        """Remove `name` (registered before) and return what it named."""
+        if name not in self._entries:
+            raise KeyError(f"{self.kind} '{name}' is not registered")
+        del self._docs[name]
+        return self._entries.pop(name)
+
+    @contextmanager
+    def temporarily(self, name: str, obj: Any, **meta: Any) -> Iterator[Any]:
+        """`obj` registered as `name` inside the block only (a test's own choice): the registry is
+        as it was afterwards, even when the block raises."""
+        self.register(name, **meta)(obj)
+        try:
+            yield obj
+        finally:
+            self.unregister(name)
 
     def get(self, name: str) -> Any:
         if name not in self._entries:

@@ -4,15 +4,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -20,6 +23,55 @@ from click.testing import CliRunner
 from PIL import Image
 
 from harness.cli import main
+from harness.config.paths import RunPaths
+from harness.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_study(run_dir: Path, name: Optional[str] = None) -> optuna.Study:
+    """The study in a run dir's own SQLite storage (`RunPaths.study_db`), to read what a search
+    recorded; `name` defaults to the one study it holds."""
+    db = RunPaths(Path(run_dir)).study_db
+    assert db.is_file(), f"{db}: no study database"  # else SQLAlchemy would create an empty one
+    url = f"sqlite:///{db}"
+    if name is None:
+        (name,) = optuna.get_all_study_names(url)
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _registries() -> List[Registry]:
+    """Every registry of the harness modules imported so far."""
+    found: Dict[int, Registry] = {}
+    for name, module in list(sys.modules.items()):
+        if name == "harness" or name.startswith("harness."):
+            found.update((id(v), v) for v in list(vars(module).values()) if isinstance(v, Registry))
+    return list(found.values())
+
+
+@pytest.fixture(autouse=True)
+def registries_unchanged():
+    """Every registry holds the same names after each test as before it: a test's own choice is
+    registered with `Registry.temporarily`, never left behind for the tests that follow."""
+    registries = _registries()
+    before = [(registry.kind, registry.names()) for registry in registries]
+    yield
+    after = [(registry.kind, registry.names()) for registry in registries]
+    assert after == before, "a test left its registrations behind"
+
+
+@pytest.fixture
+def benchmark():
+    """Run `benchmarks/SCRIPT ARGS` as a user does; returns the JSON it prints."""
+
+    def run(script: str, *args) -> dict:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
+                             capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    return run
+
 
 @contextlib.contextmanager
 def postgres_cluster(admin_password: str) -> Iterator[int]:

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY_SEARCH, draw, edit_spec, tree, write_spec
+from conftest import TINY_SEARCH, draw, edit_spec, load_study, tree, write_spec
 from harness.cli import main
+from harness.config.paths import RunPaths
 from harness.files import write_file
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
@@ -199,11 +199,11 @@ def storage(url: str) -> Callable[[Kit], List[str]]:
 
 
 def no_cache(run_dir: Path) -> None:
-    assert not list(run_dir.glob("cache/*.npy")), "images were decoded before the storage was checked"
+    assert not list(RunPaths(run_dir).cache_dir.glob("*.npy")), "images were decoded before the storage was checked"
 
 
 def no_url_remembered(run_dir: Path) -> None:
-    assert not (run_dir / "study.url").exists(), "a URL that did not connect was remembered"
+    assert not RunPaths(run_dir).study_url_file.exists(), "a URL that did not connect was remembered"
 
 
 CATALOGUE = [
@@ -299,7 +299,7 @@ def test_a_changed_fold_split_needs_a_new_run_dir(csv_competition, cli, tmp_path
     cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "search.steps=[2]")
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--set", "train.groups=[batch]", ok=False)
     assert "train.groups is ['batch'] but this study was started with ['batch', 'temp']" in result.output
-    assert "train.groups" not in (run_dir / "options.json").read_text()  # a refused change is not remembered
+    assert "train.groups" not in RunPaths(run_dir).options_json.read_text()  # a refused change is not remembered
 
 
 def test_optional_lists_may_be_written_empty(csv_competition, cli, tmp_path):
@@ -337,7 +337,7 @@ def test_labels_spelled_like_missing_values_survive_resume_and_submit(labels, cl
     cli("submit", comp, "--run-dir", run_dir)
     submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
     assert set(submission["animal"]) <= set(labels) and len(submission) == 10
-    assert pd.read_csv(run_dir / "folds.csv", dtype=str, keep_default_na=False)["label"].isin(labels).all()
+    assert pd.read_csv(RunPaths(run_dir).folds_csv, dtype=str, keep_default_na=False)["label"].isin(labels).all()
 
 
 def test_a_model_that_diverges_fails_its_trial(class_folder_competition, cli, tmp_path):
@@ -358,9 +358,9 @@ def test_trials_finished_with_nan_before_the_check_are_left_out_of_the_ensemble(
     comp = class_folder_competition()
     run_dir = tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", f"metric={metric}")
-    oof = run_dir / "trials" / "t0001" / "fold0" / "oof.npy"  # as an older harness would have kept it
-    np.save(oof, np.full_like(np.load(oof), np.nan))
-    done = oof.parent / "done.json"  # which recorded no digest of its files
+    fold = RunPaths(run_dir).fold(1, 0)  # as an older harness would have kept it:
+    np.save(fold.oof, np.full_like(np.load(fold.oof), np.nan))
+    done = fold.done  # which recorded no digest of its files
     done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "files"}))
     out = cli("submit", comp, "--run-dir", run_dir).output
     assert "trial 1 left out: its predictions are not finite" in out
@@ -373,11 +373,11 @@ def test_storage_is_remembered_only_once_connected_and_absolute(class_folder_com
     run_dir = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--storage", "sqlite:///elsewhere.db")
-    assert (run_dir / "study.url").read_text().strip() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert RunPaths(run_dir).study_url_file.read_text().strip() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
     monkeypatch.chdir(run_dir)  # another working directory finds the same study
     assert " complete " in cli("status", comp, "--run-dir", run_dir).output
     cli("status", comp, "--run-dir", run_dir, "--storage", "sqlit:///x.db", ok=False)
-    assert (run_dir / "study.url").read_text().strip() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert RunPaths(run_dir).study_url_file.read_text().strip() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
 
 
 def test_a_full_disk_mid_trial_stops_in_one_line_and_the_trial_resumes(class_folder_competition, cli, tmp_path,
@@ -388,14 +388,14 @@ def test_a_full_disk_mid_trial_stops_in_one_line_and_the_trial_resumes(class_fol
     result = cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert lines[-1] == (f"Error: {run_dir / 'trials/t0000/fold1/model.pt'}: no space left on the disk: free "
+    assert lines[-1] == (f"Error: {RunPaths(run_dir).fold(0, 1).model}: no space left on the disk: free "
                          "some space and run the same command again (finished trials and folds are kept)")
     assert not any("failed" in line for line in lines)
     disk_full_on_fold_1(False)
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
     assert "trial 0 was interrupted" in out
     assert "(reused from disk)" in out.split("trial 1 fold 1/2")[1].splitlines()[0]  # only fold 2 is trained
-    study = optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir / 'study.db'}")
+    study = load_study(run_dir)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 

@@ -1,39 +1,26 @@
 """The benchmarks run on a CPU with tiny settings and print the JSON they promise (no timing asserted)."""
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(script, *args):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)
-
-
-def test_throughput_benchmark_smoke(class_folder_competition):
-    result = run_benchmark("throughput.py", "--competition", class_folder_competition(per_class=16),
-                           "--models", "resnet10t", "--size", "16", "--batch", "8", "--epochs", "2",
-                           "--steps", "2", "--augment-on", "device")
+def test_throughput_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("throughput.py", "--competition", class_folder_competition(per_class=16),
+                       "--models", "resnet10t", "--size", "16", "--batch", "8", "--epochs", "2",
+                       "--steps", "2", "--augment-on", "device")
     assert result["augment_on"] == "device"
     numbers = result["models"]["resnet10t"]
     assert set(numbers) == {"harness_img_s", "ceiling_img_s", "seed_img_s", "a_over_b", "a_over_c"}
     assert all(v > 0 for v in numbers.values())
 
 
-def test_search_speed_benchmark_smoke(class_folder_competition):
-    result = run_benchmark("search_speed.py", "--competition", class_folder_competition(), "--trials", "2")
+def test_search_speed_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("search_speed.py", "--competition", class_folder_competition(), "--trials", "2")
     assert result["without"]["pruner"] == "none" and result["with"]["pruner"] == "median"
     assert result["without"]["complete"] == 2 and "time_ratio" in result
     # the pruned search's best came within reach during its own run, or never
     assert result["reach_ratio"] is None or 0 < result["reach_ratio"] <= result["time_ratio"] + 0.05
 
 
-def test_search_quality_benchmark_smoke(class_folder_competition):
-    result = run_benchmark("search_quality.py", "--competition", class_folder_competition(), "--trials", "2")
+def test_search_quality_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("search_quality.py", "--competition", class_folder_competition(), "--trials", "2")
     (row,) = result["results"]
     assert row["recipe"] == "scratch_small" and row["trials"] == 2
     assert row["best_cv"] is not None and row["recipe_cv"] is not None

@@ -6,21 +6,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import optuna
 import torch
 from PIL import Image
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from conftest import TINY_SEARCH, draw, write_spec
+from conftest import TINY_SEARCH, draw, load_study, write_spec
+from harness.config.paths import RunPaths
 from harness.tasks.metrics import fit_threshold, youden_cutoff
 from harness.training.sampling import IMBALANCE
 from harness.tasks import ClassificationTask, Head
 from harness import open_run
-from harness.training.feed import ArrayDataset, resident_images
+from harness.training.datasets import ArrayDataset, FoldData
+from harness.training.feed import BatchPlan, resident_images, train_batches
 from harness.data import prepare_data
 from harness.training import trial_config
-from harness.training.fit import train_batches
 from harness.training.store import FoldResult, load_trial_folds, pool_folds
 
 
@@ -32,7 +32,8 @@ def rows_drawn(imbalance, y, train_idx, epochs=3, on_device=False):
     targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
     mean, std = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 1 / 255)  # inputs = pixel values
     resident = resident_images(images, torch.device("cpu")) if on_device else None
-    batches = train_batches(cfg, targets, images, resident, y[:, None], y, train_idx, drawing, mean, std, 0)
+    data = FoldData(images, y[:, None], train_idx, np.setdiff1d(np.arange(len(y)), train_idx), images[:0])
+    batches = train_batches(targets, data, BatchPlan(cfg, 0, drawing, y, mean, std), resident)
     drawn = []
     for _ in range(epochs):
         for x, target in batches:
@@ -140,25 +141,25 @@ def test_threshold_is_fitted_on_oof_and_applied_at_submit(defects, cli, tmp_path
     assert "classes: 0 56, 1 4" in cli("validate", comp, "--run-dir", run_dir).output
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     out = cli("submit", comp, "--run-dir", run_dir).output
-    record = json.loads((run_dir / "ensemble.json").read_text())
+    record = json.loads(RunPaths(run_dir).ensemble_json.read_text())
     assert record["threshold_rules"] == {"label": "best OOF macro_f1"}
 
-    folds = [run_dir / "trials" / "t0000" / f"fold{k}" for k in range(2)]
+    folds = [RunPaths(run_dir).fold(0, k) for k in range(2)]
     oof = np.zeros((60, 2), np.float32)
     for f in folds:
-        oof[np.load(f / "val_index.npy")] = np.load(f / "oof.npy")
-    labels = pd.read_csv(run_dir / "folds.csv")["label"].astype(int).to_numpy()
+        oof[np.load(f.val_index)] = np.load(f.oof)
+    labels = pd.read_csv(RunPaths(run_dir).folds_csv)["label"].astype(int).to_numpy()
     threshold, score = fit_threshold("macro_f1", labels, oof)
     assert record["thresholds"]["label"] == pytest.approx(threshold)
     assert record["oof_score"] == pytest.approx(score)
 
-    test = np.mean([np.load(f / "test.npy") for f in folds], axis=0)
+    test = np.mean([np.load(f.test) for f in folds], axis=0)
     expected = (test[:, 1] >= threshold).astype(int)  # test rows are in sorted file order
     sub = pd.read_csv(run_dir / "submission.csv")
     assert sub["ImageId"].tolist() == order  # the sample's order, not ours
     assert sub.set_index("ImageId").loc[[f"test_{i:04d}" for i in range(12)], "answer"].tolist() == expected.tolist()
     assert "sensitivity" in out and "OOF confusion matrix" in out
-    assert (run_dir / "confusion_matrix.csv").is_file()
+    assert RunPaths(run_dir).confusion_csv().is_file()
 
 
 def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
@@ -167,21 +168,21 @@ def test_auc_competition_reports_youden_cutoff_and_roc(defects, cli, tmp_path):
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     out = cli("submit", comp, "--run-dir", run_dir).output
     assert "(Youden index on OOF): sensitivity" in out
-    record = json.loads((run_dir / "ensemble.json").read_text())
+    record = json.loads(RunPaths(run_dir).ensemble_json.read_text())
     assert record["threshold_rules"] == {"label": "Youden index on OOF"}
     figures = record["heads"]["label"]
     assert 0 <= figures["sensitivity"] <= 1 and 0 <= figures["specificity"] <= 1
-    page = (run_dir / "report.html").read_text()
+    page = RunPaths(run_dir).report_html.read_text()
     assert 'alt="ROC and precision-recall" src="data:image/png;base64,' in page
     assert "Youden index on OOF" in page and "true 1" in page
     sub = pd.read_csv(run_dir / "submission.csv")
     assert sub["answer"].between(0, 1).all() and len(sub) == 12
     # the CV of status: ROC-AUC of each fold's OOF scores as mid-rank percentiles within the fold
-    labels = pd.read_csv(run_dir / "folds.csv")["label"].astype(int).to_numpy()
+    labels = pd.read_csv(RunPaths(run_dir).folds_csv)["label"].astype(int).to_numpy()
     percentiles = np.zeros(len(labels))
     for fold in load_trial_folds(open_run(comp, run_dir=str(run_dir)).paths, 0, 2):
         percentiles[fold.val_index] = (rankdata(fold.oof[:, 1]) - 0.5) / len(fold.val_index)
-    study = optuna.load_study(study_name="tiny-defects", storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir)
     assert study.trials[0].value == pytest.approx(roc_auc_score(labels, percentiles))
 
 
@@ -232,7 +233,7 @@ def test_defect_masks_train_an_auxiliary_head(defects, cli, tmp_path):
 
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
     assert "'aux_weight': 0.5" in out
-    checkpoint = torch.load(run_dir / "trials" / "t0000" / "fold0" / "model.pt")
+    checkpoint = torch.load(RunPaths(run_dir).fold(0, 0).model)
     assert checkpoint["aux.weight"].shape == (1, 512, 1, 1) and "backbone.fc.weight" in checkpoint
     cli("submit", comp, "--run-dir", run_dir)
     assert pd.read_csv(run_dir / "submission.csv")["ImageId"].tolist() == order
@@ -245,12 +246,12 @@ def test_the_mask_score_family_learns_from_the_masks_beside_the_classifiers(defe
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "2").output
     # auto: a recipe for each family searched, the first trials of the study
     assert "recipe scratch_small" in out and "recipe mask_unet_scratch" in out
-    study = optuna.load_study(study_name="tiny-defects", storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir)
     classifier, masked = study.trials
     assert classifier.params["family"] == "classifier" and classifier.params["backbone"] == "resnet10t"
     assert masked.params["family"] == "mask_score" and masked.params["mask_model"] == "unet/resnet10t"
     assert masked.params["imbalance"] == "oversample_d4" and "backbone" not in masked.params
-    config = json.loads((run_dir / "trials" / "t0001" / "config.json").read_text())
+    config = json.loads(RunPaths(run_dir).trial_config(1).read_text())
     assert config["model_family"] == "smp_mask_score" and config["aux_weight"] == 1.0
     assert all(np.isfinite(t.value) for t in study.trials)
     cli("submit", comp, "--run-dir", run_dir)

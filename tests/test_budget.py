@@ -7,13 +7,15 @@ import optuna
 import pandas as pd
 import pytest
 
+from conftest import load_study
+from harness.config.paths import RunPaths
 from harness.search import PRUNERS
 from harness.search.pruners import progress_step
 from harness.training.fit import eval_points
 
 
 def fold_history(run_dir, trial=0, fold=0) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "trials" / f"t{trial:04d}" / f"fold{fold}" / "history.csv")
+    return pd.read_csv(RunPaths(run_dir).fold(trial, fold).history)
 
 
 def test_validation_points_are_evenly_spaced_and_end_at_the_budget():
@@ -41,18 +43,24 @@ def test_patience_is_a_share_of_the_steps(class_folder_competition, cli, tmp_pat
     assert fold_history(tmp_path / "run")["step"].tolist() == [2, 4, 6]
 
 
-@PRUNERS.register("test_prune_whenever_allowed", per_eval=True)
 def prune_whenever_allowed(search):
     """Prunes at the first report the warm-up allows (every score is above -1)."""
     return optuna.pruners.ThresholdPruner(upper=-1.0, n_warmup_steps=progress_step(search.prune_warmup))
 
 
+@pytest.fixture
+def pruner_whenever_allowed():
+    """`search.pruner=test_prune_whenever_allowed` during the test only."""
+    with PRUNERS.temporarily("test_prune_whenever_allowed", prune_whenever_allowed, per_eval=True):
+        yield
+
+
 def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_what(
-        class_folder_competition, cli, tmp_path):
+        class_folder_competition, cli, tmp_path, pruner_whenever_allowed):
     comp, run_dir = class_folder_competition(search={"steps": [8], "evals": 4}), tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "2",
         "--set", "search.pruner=test_prune_whenever_allowed", "--set", "search.prune_warmup=0.5")
-    study = optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir)
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.PRUNED
         assert sorted(t.intermediate_values) == [25, 50]  # validated at 25 % but not pruned there
@@ -70,5 +78,5 @@ def test_the_last_weights_predict_unless_the_spec_keeps_the_best(class_folder_co
     comp = class_folder_competition(search={"steps": [6], "evals": 3, "keep": keep})
     out = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1").output
     assert f"(weights of step {kept}," in out
-    done = json.loads((tmp_path / "run" / "trials" / "t0000" / "fold0" / "done.json").read_text())
+    done = json.loads(RunPaths(tmp_path / "run").fold(0, 0).done.read_text())
     assert done["kept_step"] == kept and fold_history(tmp_path / "run")["step"].tolist() == [2, 4, 6]

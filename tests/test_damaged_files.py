@@ -11,15 +11,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from conftest import draw
+from conftest import draw, load_study
+from harness.config.paths import RunPaths
 
+# a fold's files as done.json and the messages name them
 FOLD_FILES = ["done.json", "oof.npy", "val_index.npy", "test.npy", "model.pt", "history.csv"]
+FOLDS = 2  # of the class-folder competition
 
 
 class Payload:
@@ -35,11 +37,15 @@ def cut_in_half(path: Path) -> None:
 
 
 def fold_file(run_dir: Path, trial: int, fold: int, name: str) -> Path:
-    return run_dir / "trials" / f"t{trial:04d}" / f"fold{fold}" / name
+    """The fold's file named `name` in done.json and in messages, as the run dir's paths name it."""
+    paths = RunPaths(run_dir).fold(trial, fold)
+    (path,) = [p for p in (paths.done, paths.oof, paths.val_index, paths.test, paths.model, paths.history)
+               if p.name == name]
+    return path
 
 
 def study_trials(run_dir: Path) -> list:
-    return optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir / 'study.db'}").trials
+    return load_study(run_dir).trials
 
 
 def no_traceback(result) -> str:
@@ -56,7 +62,7 @@ def searched(build, cli, tmp_path: Path, trials: int = 2):
 
 def as_an_older_harness_wrote_it(run_dir: Path, trial: int) -> None:
     """done.json without the files' sizes and digests, as before they were recorded."""
-    for done in (run_dir / "trials" / f"t{trial:04d}").glob("fold*/done.json"):
+    for done in (RunPaths(run_dir).fold(trial, k).done for k in range(FOLDS)):
         record = json.loads(done.read_text())
         del record["files"]
         done.write_text(json.dumps(record))
@@ -91,7 +97,7 @@ def test_submit_leaves_out_a_trial_with_a_damaged_file(name, class_folder_compet
         assert "ensemble of 1 trial(s) (#0×1.00)" in out or command == "report"
     submission = pd.read_csv(run_dir / "submission.csv")
     assert sorted(submission["image"]) == sorted(p.name for p in (tmp_path / "data" / "test").iterdir())
-    assert json.loads((run_dir / "ensemble.json").read_text())["weights"] == {"0": 1.0}
+    assert json.loads(RunPaths(run_dir).ensemble_json.read_text())["weights"] == {"0": 1.0}
 
 
 def test_a_cut_off_model_is_named_by_its_size(class_folder_competition, cli, tmp_path):
@@ -174,7 +180,7 @@ def test_a_checkpoint_of_other_objects_is_refused_when_the_test_set_changed(clas
 def test_predict_with_a_damaged_member_says_to_submit_again(damage, class_folder_competition, cli, tmp_path):
     comp, run_dir = searched(class_folder_competition, cli, tmp_path)
     no_traceback(cli("submit", comp, "--run-dir", run_dir))
-    member = int(next(iter(json.loads((run_dir / "ensemble.json").read_text())["weights"])))
+    member = int(next(iter(json.loads(RunPaths(run_dir).ensemble_json.read_text())["weights"])))
     model = fold_file(run_dir, member, 0, "model.pt")
     if damage == "cut off":
         cut_in_half(model)
@@ -200,7 +206,7 @@ def test_predict_with_a_damaged_member_says_to_submit_again(damage, class_folder
 
 def test_test_images_changed_and_a_damaged_config_leave_the_trial_out(class_folder_competition, cli, tmp_path):
     comp, run_dir = searched(class_folder_competition, cli, tmp_path)
-    cut_in_half(run_dir / "trials" / "t0001" / "config.json")
+    cut_in_half(RunPaths(run_dir).trial_config(1))
     for path in (tmp_path / "data" / "test").iterdir():  # the same names, other pixels: checkpoints re-predict
         Image.fromarray(np.full((20, 20), 77, np.uint8)).save(path)
     out = no_traceback(cli("submit", comp, "--run-dir", run_dir))
@@ -220,11 +226,11 @@ def test_a_weights_file_of_other_objects_is_refused_without_advice_to_unpickle_i
 def test_a_damaged_ensemble_record_or_history_is_one_line_or_left_out(class_folder_competition, cli, tmp_path):
     comp, run_dir = searched(class_folder_competition, cli, tmp_path, trials=1)
     no_traceback(cli("submit", comp, "--run-dir", run_dir))
-    cut_in_half(run_dir / "ensemble.json")
+    cut_in_half(RunPaths(run_dir).ensemble_json)
     line = one_error_line(cli("predict", comp, "--run-dir", run_dir, tmp_path / "data" / "test", "--out",
                               tmp_path / "p.csv", ok=False))
     assert "ensemble.json: damaged, not the ensemble submit wrote: run `harness submit` again" in line
     as_an_older_harness_wrote_it(run_dir, 0)  # which recorded no digest of history.csv
-    for history in (run_dir / "trials" / "t0000").glob("fold*/history.csv"):
+    for history in (RunPaths(run_dir).fold(0, k).history for k in range(FOLDS)):
         history.write_bytes(b"\xff\xfe\x00 not text")  # the report draws the learning curves from them
     assert "wrote" in no_traceback(cli("report", comp, "--run-dir", run_dir))

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from harness.training.augment import AUGMENTS, batch_form, random_d4
-from harness.training.feed import augments_on_device
+from harness.training.datasets import FoldData
+from harness.training.feed import BatchPlan, augments_on_device, train_batches
 from harness import SpecError, load_competition
 from harness.training.sampling import IMBALANCE
 from harness.tasks import ClassificationTask, Head
 from harness.config.paths import FoldPaths
 from harness.training import TrialConfig, load_fold, trial_config
-from harness.training.fit import train_batches
+from harness.training.fit import warmup_cosine
 
 
 def d4_images(image: torch.Tensor):
@@ -132,8 +133,9 @@ def first_batches(images, num_workers, count=2):
     y = np.zeros((len(images), 1), dtype=np.int64)
     drawing = IMBALANCE.get("none")(y[:, 0], 2, 4, torch.Generator().manual_seed(0))
     targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
-    batches = train_batches(cfg, targets, images, None, y, y[:, 0], np.arange(len(images)), drawing,
-                            torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1), 0)
+    data = FoldData(images, y, np.arange(len(images)), np.arange(0), images[:0])
+    plan = BatchPlan(cfg, 0, drawing, y[:, 0], torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    batches = train_batches(targets, data, plan)
     return [x for x, _ in itertools.islice(iter(batches), count)]
 
 
@@ -147,3 +149,20 @@ def test_each_worker_draws_its_own_augmentations():
     images = np.tile(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), (16, 1, 1, 1))  # all the same
     from_worker_0, from_worker_1 = first_batches(images, num_workers=2)
     assert not torch.equal(from_worker_0, from_worker_1)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 60, 100, 3000])
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero(steps):
+    import math
+
+    warm = max(1, min(200, round(0.03 * steps)))  # the schedule before timm's scheduler replaced LambdaLR
+    expected = [(k + 1) / warm if k < warm else
+                0.5 * (1 + math.cos(math.pi * min(1.0, (k - warm) / max(1, steps - warm)))) for k in range(steps)]
+    for lr in (1e-4, 3e-3, 0.1):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        set_lr = warmup_cosine(optimizer, steps)
+        rates = []
+        for k in range(steps):
+            set_lr(k)
+            rates.append(optimizer.param_groups[0]["lr"])
+        assert max(abs(r - lr * f) for r, f in zip(rates, expected)) < 1e-12

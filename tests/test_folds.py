@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from harness import SpecError, open_run
+from harness.config.paths import RunPaths
 from harness.data.folds import save_folds
 from harness.data import prepare_data
 
@@ -13,9 +14,10 @@ def test_folds_are_deterministic_and_saved(class_folder_competition, tmp_path):
     second = prepare_data(open_run(comp, run_dir=str(tmp_path / "b")))
     assert (first.fold == second.fold).all()
     assert first.folds_hash == second.folds_hash
-    assert not (tmp_path / "a" / "folds.csv").exists()  # a search saves them, once its study holds them
-    save_folds(tmp_path / "a" / "folds.csv", first.samples, first.fold)
-    saved = pd.read_csv(tmp_path / "a" / "folds.csv")
+    folds_csv = RunPaths(tmp_path / "a").folds_csv
+    assert not folds_csv.exists()  # a search saves them, once its study holds them
+    save_folds(folds_csv, first.samples, first.fold)
+    saved = pd.read_csv(folds_csv)
     assert saved["fold"].tolist() == first.fold.tolist()
     # stratified: each fold holds half of each class
     counts = saved.groupby(["fold", "label"]).size()
@@ -32,7 +34,7 @@ def test_groups_never_split_across_folds(csv_competition, tmp_path):
 def test_saved_folds_are_reused_and_checked(class_folder_competition, tmp_path):
     comp = class_folder_competition()
     run_dir = str(tmp_path / "r")
-    folds_csv = tmp_path / "r" / "folds.csv"
+    folds_csv = RunPaths(tmp_path / "r").folds_csv
     data = prepare_data(open_run(comp, run_dir=run_dir))
     save_folds(folds_csv, data.samples, data.fold)
     table = pd.read_csv(folds_csv)

@@ -21,6 +21,7 @@ from PIL import Image
 
 import harness.files
 from conftest import tree
+from harness.config.paths import RunPaths
 from harness.files import temporary_path
 
 # ------------------------------------------------------------------ nothing written outside the run dir
@@ -51,7 +52,7 @@ def test_a_submission_file_outside_the_run_dir_is_refused_before_anything_is_wri
     line = refused(cli, command, comp, "--run-dir", run_dir, "--set", f"submission.file={where}")
     assert f"submission.file: {where!r} is not a file inside the run dir" in line and "relative to it" in line
     assert tree(tmp_path, skip=run_dir) == before and notes.read_text() == "a week of notes\n"
-    assert not (run_dir / "study.db").exists()
+    assert not RunPaths(run_dir).study_db.exists()
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped-harness-run", "a/b", ".."])
@@ -105,15 +106,15 @@ def test_identical_images_under_two_names_stay_in_one_fold(class_folder_competit
     out = cli("validate", comp, "--run-dir", run_dir).output
     assert "identical images: 3 training file(s) hold the same bytes as another one" in out
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
-    folds = pd.read_csv(run_dir / "folds.csv").set_index("listed")["fold"]
+    folds = pd.read_csv(RunPaths(run_dir).folds_csv).set_index("listed")["fold"]
     assert folds["cat/cat 00.png"] == folds["cat/cat copy.png"] == folds["dog/dog copy.png"]
     assert folds["dog/dog 05.png"] == folds["dog/dog 05 again.png"]
     # an older split that put two identical images apart is not trusted
     apart = folds.copy()
     apart["dog/dog 05 again.png"] = 1 - apart["dog/dog 05.png"]
-    table = pd.read_csv(run_dir / "folds.csv")
+    table = pd.read_csv(RunPaths(run_dir).folds_csv)
     table["fold"] = table["listed"].map(apart)
-    table.to_csv(run_dir / "folds.csv", index=False)
+    table.to_csv(RunPaths(run_dir).folds_csv, index=False)
     line = refused(cli, "search", comp, "--run-dir", run_dir, "--trials", "2")
     assert "'dog/dog 05 again.png' and 'dog/dog 05.png' hold the same bytes but are in different folds" in line
     assert "use a new --run-dir" in line
@@ -171,7 +172,7 @@ def test_class_names_with_tex_characters_are_drawn_as_text(class_folder_competit
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     cli("submit", comp, "--run-dir", run_dir)
     assert set(pd.read_csv(run_dir / "submission.csv")["animal"]) <= {"$x^2$", "a\\b_{c}"}
-    assert "$x^2$" in (run_dir / "report.html").read_text()
+    assert "$x^2$" in RunPaths(run_dir).report_html.read_text()
 
 
 # ------------------------------------------------------------------ writes that cannot be half-done
@@ -183,19 +184,20 @@ def test_a_full_disk_during_submit_leaves_the_previous_submission_ensemble_and_r
     run_dir = tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "2")
     cli("submit", comp, "--run-dir", run_dir)
-    kept = {name: (run_dir / name).read_bytes() for name in ("submission.csv", "ensemble.json", "report.html")}
+    paths = RunPaths(run_dir)
+    kept = {p: p.read_bytes() for p in (run_dir / "submission.csv", paths.ensemble_json, paths.report_html)}
     cli("search", comp, "--run-dir", run_dir, "--trials", "3")
     write = harness.files.Staged.write
 
     def full_at_the_report(stage, path, content, mode=None):
-        if Path(path).name == "report.html":
+        if Path(path).name == paths.report_html.name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return write(stage, path, content, mode)
 
     monkeypatch.setattr(harness.files.Staged, "write", full_at_the_report)
     line = refused(cli, "submit", comp, "--run-dir", run_dir)
-    assert line.startswith(f"Error: {run_dir / 'report.html'}: no space left on the disk")
-    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    assert line.startswith(f"Error: {paths.report_html}: no space left on the disk")
+    assert {p: p.read_bytes() for p in kept} == kept
     assert not [p for p in run_dir.rglob(".*") if harness.files.is_temporary(p)]
 
 
@@ -211,12 +213,13 @@ def test_what_a_killed_run_left_half_written_is_removed_by_the_next(class_folder
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     host = socket.gethostname()
     dead = 4194303  # above any pid this machine hands out by default
+    paths = RunPaths(run_dir)
     leftovers = [run_dir / f".submission.csv.{host}-{dead}.0badf00d.tmp",
-                 run_dir / "cache" / f".16x16x16x1-abc.npy.{host}-{dead}.12345678.tmp",
-                 run_dir / "trials" / "t0000" / "fold0" / f".model.pt.{host}-{dead}.cafe0123.tmp"]
+                 paths.cache_dir / f".16x16x16x1-abc.npy.{host}-{dead}.12345678.tmp",
+                 paths.fold(0, 0).root / f".model.pt.{host}-{dead}.cafe0123.tmp"]
     for path in leftovers:
         path.write_bytes(b"cut off")
-    leftovers.append(run_dir / "cache" / f"16x16x16x1-abc.{dead}.tmp.npy")  # as harness 0.2 named them
+    leftovers.append(paths.cache_dir / f"16x16x16x1-abc.{dead}.tmp.npy")  # as harness 0.2 named them
     live = run_dir / f".options.json.{host}-{os.getpid()}.aaaabbbb.tmp"  # a process still writing it
     users = [run_dir / "notes.tmp", run_dir / ".my.tmp"]
     for path in [live, *users]:

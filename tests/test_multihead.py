@@ -1,13 +1,13 @@
 """Several heads on one backbone, person-grouped folds, one submission column per head."""
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import TINY_SEARCH, write_spec
+from conftest import TINY_SEARCH, load_study, write_spec
 from harness import SpecError, open_run
+from harness.config.paths import RunPaths
 from harness.data import prepare_data
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30)}
@@ -69,7 +69,7 @@ def test_each_head_learns_its_own_signal_and_is_submitted(faces, cli, tmp_path):
     run_dir = tmp_path / "run"
     assert "corner: bottom 32, top 32" in cli("validate", comp, "--run-dir", run_dir).output
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
-    study = optuna.load_study(study_name="tiny-faces", storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir)
     trial = study.trials[0]
     assert {"loss_corner", "loss_colour"} <= set(trial.params)
     heads = trial.user_attrs["head_scores"]
@@ -89,8 +89,8 @@ def test_each_head_learns_its_own_signal_and_is_submitted(faces, cli, tmp_path):
     assert (sub["class"] == corner_idx * 2 + colour_idx).all()
     right = [(r.Corner, r.Colour) == truth[r.path] for r in sub.itertuples()]
     assert np.mean(right) >= 0.75
-    assert (run_dir / "confusion_matrix_colour.csv").is_file()
-    page = (run_dir / "report.html").read_text()  # a section per head, with its own confusion and mistakes
+    assert RunPaths(run_dir).confusion_csv("colour").is_file()
+    page = RunPaths(run_dir).report_html.read_text()  # a section per head, with its own confusion and mistakes
     assert "<h2>corner</h2>" in page and "<h2>colour</h2>" in page and page.count('alt="confusion matrix"') == 2
 
 

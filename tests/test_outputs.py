@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 
-import optuna
 import pandas as pd
 
 import harness
+from conftest import load_study
+from harness.config.paths import RunPaths
 
 FOLDS = 2
 
@@ -34,7 +35,7 @@ def test_each_trial_writes_an_id_keyed_oof_csv(class_folder_competition, cli, tm
     comp = class_folder_competition(search={"pruner": "median", "steps": [4], "evals": 2})
     run_dir = tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
-    oof = pd.read_csv(run_dir / "trials" / "t0000" / "oof.csv")
+    oof = pd.read_csv(RunPaths(run_dir).trial_oof_csv(0))
     assert list(oof.columns) == ["id", "fold", "target", "prediction", "p.cat", "p.dog"]
     assert len(oof) == 24 and oof["id"].is_unique and oof["id"].str.startswith(("cat/", "dog/")).all()
     assert (oof["target"] == oof["id"].str.split("/").str[0]).all()  # class folders: the folder is the truth
@@ -42,7 +43,7 @@ def test_each_trial_writes_an_id_keyed_oof_csv(class_folder_competition, cli, tm
     assert ((oof["p.cat"] + oof["p.dog"]) - 1).abs().max() < 1e-4
     assert (oof["prediction"] == oof[["p.cat", "p.dog"]].idxmax(axis=1).str[2:]).all()
     # the learning curve of fold 1 at its percent steps, then the running CV after each fold at 101, 201
-    trial = optuna.load_study(study_name="tiny-folders", storage=f"sqlite:///{run_dir}/study.db").trials[0]
+    trial = load_study(run_dir).trials[0]
     assert sorted(trial.intermediate_values) == [50, 100, 101, 201]
     assert [trial.user_attrs[f"fold{k}"] for k in (1, 2)] == trial.user_attrs["fold_scores"]
 

@@ -2,12 +2,13 @@
 import optuna
 import pytest
 
+from conftest import load_study
 from harness import SpecError, open_run
 from harness.training.recipes import RECIPES, projected
 
 
 def trials(run_dir, name="tiny-folders"):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/study.db").trials
+    return load_study(run_dir, name).trials
 
 
 def test_a_new_study_starts_from_the_recipe_within_its_space(class_folder_competition, cli, tmp_path):

@@ -10,6 +10,9 @@ import subprocess
 import pytest
 from PIL import Image
 
+from harness.config.paths import RunPaths
+from harness.submit.page import WORST
+
 IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
 
 
@@ -40,11 +43,19 @@ def reported(class_folder_competition, cli, tmp_path):
 
 def test_submit_writes_one_self_contained_page_with_what_a_competitor_looks_at(reported):
     _, run_dir = reported
-    page = (run_dir / "report.html").read_text()
+    page = RunPaths(run_dir).report_html.read_text()
     assert_self_contained(page)
     images = embedded_images(page)
     assert {"Optimisation history", "learning curves", "confusion matrix", "ROC and precision-recall"} <= set(images)
-    assert any(alt.startswith("The ") and "OOF mistakes" in alt for alt in images) or "none" in page
+    # the worst OOF mistakes: a heading that counts them, then their thumbnails, or "none" under it
+    mistakes = re.search(r"<h3>(The (\d+) most confident OOF mistakes \(of (\d+)\))</h3>", page)
+    assert mistakes, "no section of the worst OOF mistakes"
+    heading, shown, wrong = mistakes.group(1), int(mistakes.group(2)), int(mistakes.group(3))
+    assert shown == min(wrong, WORST)
+    if wrong:
+        assert heading in images
+    else:
+        assert page[mistakes.end():].startswith("<p>none</p>")
     assert all(image.width > 100 and image.height > 100 for image in images.values())
     assert len(re.findall(r"<p>cut-off [0-9.]+ \(", page)) == 1  # said once, under its head
     assert "true cat" in page and "predicted dog" in page  # class names, not indices
@@ -53,16 +64,16 @@ def test_submit_writes_one_self_contained_page_with_what_a_competitor_looks_at(r
 
 def test_report_command_writes_the_page_and_leaves_the_submission_alone(reported, cli):
     comp, run_dir = reported
-    (run_dir / "report.html").unlink()
+    RunPaths(run_dir).report_html.unlink()
     submission = (run_dir / "submission.csv").read_bytes()
     assert "wrote" in cli("report", comp, "--run-dir", run_dir).output
-    assert (run_dir / "report.html").is_file() and (run_dir / "submission.csv").read_bytes() == submission
+    assert RunPaths(run_dir).report_html.is_file() and (run_dir / "submission.csv").read_bytes() == submission
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_the_page_loads_in_a_headless_browser_with_every_image_decoded_and_no_request_out(reported, tmp_path):
     _, run_dir = reported
-    page = (run_dir / "report.html").read_text()
+    page = RunPaths(run_dir).report_html.read_text()
     # a copy that writes into its title how many images loaded and how many did not decode
     probe = page.replace("</body>", "<script>addEventListener('load',()=>{const i=[...document.images];"
                          "document.title='images '+i.length+' broken '+i.filter(x=>!x.complete||!x.naturalWidth)"

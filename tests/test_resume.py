@@ -5,9 +5,11 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 from optuna.trial import TrialState
+
+from conftest import load_study
+from harness.config.paths import RunPaths
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -18,7 +20,8 @@ def test_interrupted_mid_trial_then_resume(sig, class_folder_competition, cli, t
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "harness", "search", str(comp), "--run-dir", str(run_dir), "--trials", "2"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    fold0 = run_dir / "trials" / "t0000" / "fold0" / "done.json"
+    paths = RunPaths(run_dir)
+    fold0 = paths.fold(0, 0).done
     deadline = time.time() + 240
     while not fold0.exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -31,19 +34,17 @@ def test_interrupted_mid_trial_then_resume(sig, class_folder_competition, cli, t
         err = proc.stderr.read().decode()
         assert "interrupted: run the same command again to resume" in err and "Traceback" not in err, err
 
-    trial0 = run_dir / "trials" / "t0000"
-    finished = sorted(trial0.glob("fold*/done.json"))
+    finished = [k for k in range(3) if paths.fold(0, k).done.exists()]
     assert len(finished) < 3, "the kill came too late to test anything"
-    stamps = {p: p.stat().st_mtime_ns for f in finished for p in f.parent.iterdir()}
-    storage = f"sqlite:///{run_dir}/study.db"
-    killed = optuna.load_study(study_name="tiny-folders", storage=storage).trials[0]
+    stamps = {p: p.stat().st_mtime_ns for k in finished for p in paths.fold(0, k).root.iterdir()}
+    killed = load_study(run_dir).trials[0]
     # Optuna records a Ctrl-C'd trial as failed; a killed process leaves it running
     assert killed.state == (TrialState.FAIL if sig == signal.SIGINT else TrialState.RUNNING)
 
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "2").output
     assert "trial 0 was interrupted" in out
 
-    study = optuna.load_study(study_name="tiny-folders", storage=storage)
+    study = load_study(run_dir)
     trials = study.trials
     assert trials[0].state == TrialState.FAIL
     assert trials[0].user_attrs["fail_reason"].startswith("interrupted")
@@ -51,10 +52,10 @@ def test_interrupted_mid_trial_then_resume(sig, class_folder_competition, cli, t
     retry = trials[1]
     assert retry.params == killed.params
     assert retry.user_attrs["retry_of"] == 0
-    assert retry.user_attrs["reused_folds"] == [int(f.parent.name[4:]) for f in finished]
+    assert retry.user_attrs["reused_folds"] == finished
     assert len(retry.user_attrs["fold_scores"]) == 3
     for path, stamp in stamps.items():
         assert path.stat().st_mtime_ns == stamp, f"{path} was rewritten"
     # the retry's folds live with the original's, and submit finds them
-    assert len(list(trial0.glob("fold*/done.json"))) == 3
+    assert all(paths.fold(0, k).done.is_file() for k in range(3))
     assert "ensemble of" in cli("submit", comp, "--run-dir", run_dir).output

@@ -4,16 +4,19 @@ import json
 import numpy as np
 import optuna
 import pandas as pd
+import pytest
 import torch
 from optuna.trial import TrialState
 
 import harness.search.objective as objective_module
+from conftest import load_study
 from harness import open_run, run_search
+from harness.config.paths import RunPaths
 from harness.search import PRUNERS, open_study
 
 
 def states(run_dir, name):
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir, name)
     return [t.state for t in study.trials], study
 
 
@@ -27,9 +30,9 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
     for t in study.trials:
         assert len(t.user_attrs["fold_scores"]) == 2
         for k in range(2):
-            fold = run_dir / "trials" / f"t{t.number:04d}" / f"fold{k}"
-            assert {"done.json", "oof.npy", "test.npy", "model.pt", "history.csv"} <= {p.name for p in fold.iterdir()}
-            assert np.load(fold / "test.npy").shape == (10, 2)
+            fold = RunPaths(run_dir).fold(t.number, k)
+            assert all(p.is_file() for p in (fold.done, fold.oof, fold.test, fold.model, fold.history))
+            assert np.load(fold.test).shape == (10, 2)
 
     board = cli("status", comp, "--run-dir", run_dir).output
     assert board.count("complete") == 2 and "folds" in board and "resnet10t" in board
@@ -40,17 +43,17 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
     assert list(sub.columns) == ["image", "animal"]
     assert sorted(sub["image"]) == [f"img_{i:03d}.png" for i in range(10)]
     assert set(sub["animal"]) <= {"cat", "dog"}
-    record = json.loads((run_dir / "ensemble.json").read_text())
+    record = json.loads(RunPaths(run_dir).ensemble_json.read_text())
     assert abs(sum(record["weights"].values()) - 1) < 1e-6
     assert set(record["thresholds"]) == {"label"}  # binary accuracy: threshold fitted on OOF
-    page = (run_dir / "report.html").read_text()
+    page = RunPaths(run_dir).report_html.read_text()
     assert "best single trial" in page and page.count("<tr>") >= 2 + 2  # confusion rows + trial rows
 
 
 def test_trials_means_total_so_running_again_continues(class_folder_competition, cli, tmp_path):
     comp, run_dir = class_folder_competition(), tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
-    first = run_dir / "trials" / "t0000" / "fold0" / "done.json"
+    first = RunPaths(run_dir).fold(0, 0).done
     stamp = first.stat().st_mtime_ns
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")  # already there: trains nothing
     assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE]
@@ -100,7 +103,7 @@ def test_a_failing_trial_fails_alone_with_its_reason(class_folder_competition, t
     got = [t.state for t in study.trials]
     assert got == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
-    assert "OutOfMemoryError" in (run_dir / "trials" / "t0000" / "error.txt").read_text()  # the traceback
+    assert "OutOfMemoryError" in RunPaths(run_dir).trial_error(0).read_text()  # the traceback
     assert "OutOfMemoryError" in cli("status", comp, "--run-dir", run_dir).output
 
 
@@ -138,7 +141,7 @@ def test_commands_before_search_say_what_to_do_and_write_nothing(class_folder_co
     assert not run_dir.exists() or not any(run_dir.iterdir())
     # validate's 3 folds were not kept: the search decides
     assert "1 finished trials" in cli("search", comp, "--run-dir", run_dir, "--trials", "1").output
-    assert pd.read_csv(run_dir / "folds.csv")["fold"].nunique() == 2
+    assert pd.read_csv(RunPaths(run_dir).folds_csv)["fold"].nunique() == 2
 
 
 def test_bad_input_that_only_training_would_meet_is_refused_by_validate(class_folder_competition, cli,
@@ -158,7 +161,7 @@ def test_storage_url_is_remembered(class_folder_competition, cli, tmp_path):
     comp, run_dir = class_folder_competition(), tmp_path / "run"
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--storage", url)
-    assert (tmp_path / "elsewhere.db").is_file() and not (run_dir / "study.db").exists()
+    assert (tmp_path / "elsewhere.db").is_file() and not RunPaths(run_dir).study_db.exists()
     assert "complete" in cli("status", comp, "--run-dir", run_dir).output
     assert len(open_study(open_run(comp, run_dir=str(run_dir)), create=False).trials) == 1
 
@@ -174,7 +177,7 @@ def test_overrides_of_search_are_remembered_by_the_run_dir(class_folder_competit
     # a later --set wins key by key; more trials continue the same study
     cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.steps=[2]")
     assert states(run_dir, "tiny-folders")[0] == [TrialState.COMPLETE] * 2
-    assert json.loads((run_dir / "options.json").read_text())["overrides"] == [
+    assert json.loads(RunPaths(run_dir).options_json.read_text())["overrides"] == [
         "folds=3", "search.lr=[0.002]", "search.steps=[2]"]
     assert "folds.csv: has 3 folds, the spec asks 2" in cli(
         "search", comp, "--run-dir", run_dir, "--trials", "3", "--set", "folds=2", ok=False).output
@@ -187,27 +190,34 @@ def test_default_run_dir_remembers_too_and_a_stale_override_names_its_file(class
     cli("search", comp, "--trials", "1", "--set", "search.augment=[light]")
     # `elastic` has no device form: this --set is valid only on top of the remembered policy list
     cli("status", comp, "--set", "search.augment_on=device")
-    options = tmp_path / "runs" / "tiny-folders" / "options.json"
+    options = RunPaths(tmp_path / "runs" / "tiny-folders").options_json
     options.write_text(json.dumps({"overrides": ["search.loss=[hinge]"]}))
     out = cli("status", comp, ok=False).output
     assert "'search.loss': unknown value 'hinge'" in out and "options.json" in out
 
 
-@PRUNERS.register("test_prune_after_first_fold", per_eval=False)
 def prune_after_first_fold(search):
     """Prunes every trial at its first report (every score is above -1)."""
     return optuna.pruners.ThresholdPruner(upper=-1.0)
 
 
-def test_pruned_trials_count_as_finished_and_keep_their_folds(class_folder_competition, cli, tmp_path):
+@pytest.fixture
+def pruner_after_first_fold():
+    """`search.pruner=test_prune_after_first_fold` during the test only."""
+    with PRUNERS.temporarily("test_prune_after_first_fold", prune_after_first_fold, per_eval=False):
+        yield
+
+
+def test_pruned_trials_count_as_finished_and_keep_their_folds(class_folder_competition, cli, tmp_path,
+                                                              pruner_after_first_fold):
     comp, run_dir = class_folder_competition(), tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--set", "search.pruner=test_prune_after_first_fold")
     got, study = states(run_dir, "tiny-folders")
     assert got == [TrialState.PRUNED, TrialState.PRUNED]
     for t in study.trials:
         assert len(t.user_attrs["fold_scores"]) == 1
-        assert (run_dir / "trials" / f"t{t.number:04d}" / "fold0" / "done.json").is_file()
-        assert not (run_dir / "trials" / f"t{t.number:04d}" / "fold1").exists()
+        assert RunPaths(run_dir).fold(t.number, 0).done.is_file()
+        assert not RunPaths(run_dir).fold(t.number, 1).root.exists()
     assert "no complete trial to ensemble yet" in cli("submit", comp, "--run-dir", run_dir, ok=False).output
 
 

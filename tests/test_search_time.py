@@ -12,21 +12,16 @@ import sys
 import time
 
 import numpy as np
-import optuna
 import torch
 from optuna.trial import TrialState
 
+from harness.config.paths import RunPaths
 from harness.search.launch import worker_environments
 from harness.training.feed import resident_images
 from harness.training.timing import PHASES
-from conftest import edit_spec
-from test_benchmarks import run_benchmark
+from conftest import edit_spec, load_study
 
 STEPS, BATCH, FOLDS = 6, 8, 2
-
-
-def load(run_dir, name="tiny-folders") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/study.db")
 
 
 def test_each_fold_and_trial_keeps_its_seconds_by_phase_and_status_shows_the_busy_share(
@@ -34,9 +29,9 @@ def test_each_fold_and_trial_keeps_its_seconds_by_phase_and_status_shows_the_bus
     comp = class_folder_competition(search={"steps": [STEPS], "evals": 2})
     run_dir = tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
-    done = json.loads((run_dir / "trials" / "t0000" / "fold0" / "done.json").read_text())
+    done = json.loads(RunPaths(run_dir).fold(0, 0).done.read_text())
     assert set(done["timing"]) == set(PHASES) and all(s > 0 for s in done["timing"].values())
-    (trial,) = load(run_dir).trials
+    (trial,) = load_study(run_dir).trials
     timing = trial.user_attrs["timing"]
     assert set(timing) == {"data", *PHASES}
     # the phases are parts of the trial's wall-clock, and each fold's are in the trial's sums
@@ -55,7 +50,7 @@ def test_a_failed_trial_still_counts_the_seconds_it_spent(class_folder_competiti
     comp = class_folder_competition(search={"steps": [STEPS], "lr": [1e6, 2e6]})  # diverges
     run_dir = tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "1", ok=False)
-    failed = load(run_dir).trials[0]
+    failed = load_study(run_dir).trials[0]
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["timing"]["train"] > 0 and failed.user_attrs["images_trained"] > 0
 
@@ -65,7 +60,7 @@ def test_search_with_two_workers_runs_trials_side_by_side_to_exactly_the_count(
     comp = class_folder_competition(search={"lr": [1e-3, 3e-3], "weight_decay": [1e-5, 1e-3]})
     run_dir = tmp_path / "run"
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "3", "--workers", "2").output
-    study = load(run_dir)
+    study = load_study(run_dir)
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
     assert TrialState.FAIL not in [t.state for t in study.trials]
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes trained
@@ -99,8 +94,8 @@ def test_device_copy_of_the_images_is_made_once_for_the_folds_of_a_trial():
     assert resident_images(images.copy(), torch.device("cpu")) is not first
 
 
-def test_search_throughput_benchmark_smoke(class_folder_competition):
-    result = run_benchmark("search_throughput.py", "--competition", class_folder_competition(search={
+def test_search_throughput_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("search_throughput.py", "--competition", class_folder_competition(search={
         "steps": [STEPS]}), "--trials", "2", "--workers", "1,2", "--ceiling-steps", "1")
     (row,) = result["results"]
     one, two = row["arms"]
@@ -122,20 +117,20 @@ def test_ctrl_c_stops_every_worker_and_the_same_command_resumes_to_the_count(cla
     # a terminal's Ctrl-C reaches the whole foreground process group: the launcher and its workers
     search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
-    while not list(run_dir.glob("trials/t*/fold0/done.json")):
+    while not any(RunPaths(run_dir).fold(n, 0).done.is_file() for n in range(4)):
         assert time.time() < deadline and search.poll() is None, "no fold finished"
         time.sleep(0.05)
     os.killpg(search.pid, signal.SIGINT)
     out = search.communicate(timeout=120)[0].decode()
     assert search.returncode == 130, out
     assert "interrupted: run the same command again to resume" in out
-    study = load(run_dir)
+    study = load_study(run_dir)
     cut = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert cut and all(t.state == TrialState.FAIL for t in cut), [t.state for t in study.trials]
     # the same command again: the cut trials run again with their parameters, their finished folds reused
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:]
-    study = load(run_dir)
+    study = load_study(run_dir)
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
     retried = {t.user_attrs.get("retry_of") for t in study.trials} - {None}
     assert {t.number for t in cut} <= retried

@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import write_spec
 from harness import open_run
+from harness.config.paths import RunPaths
 from harness.data import prepare_data
 from harness.data.masks import rle_decode, rle_encode
 from harness.tasks.pixels import dice, fit_pixel_threshold
@@ -102,15 +103,15 @@ def test_tiff_volume_search_and_submit(volume, cli, tmp_path):
     run_dir = tmp_path / "run"
     assert "positive pixels" in cli("validate", volume, "--run-dir", run_dir).output
     cli("search", volume, "--run-dir", run_dir, "--trials", "2")
-    oof = np.load(run_dir / "trials" / "t0000" / "fold1" / "oof.npy")
+    oof = np.load(RunPaths(run_dir).fold(0, 1).oof)
     assert oof.shape == (4, 48, 48) and oof.dtype == np.float16
     out = cli("submit", volume, "--run-dir", run_dir).output
     assert "OOF dice" in out and "best OOF dice" in out
-    page = (run_dir / "report.html").read_text()  # the worst images: image | truth | prediction
+    page = RunPaths(run_dir).report_html.read_text()  # the worst images: image | truth | prediction
     assert re.search(r'<img alt="The \d images with the lowest OOF dice" src="data:image/png;base64,', page), page[:300]
     labels = tifffile.imread(run_dir / "test-labels.tif")
     assert labels.shape == (4, 48, 48) and set(np.unique(labels)) <= {0, 255}
-    record = json.loads((run_dir / "ensemble.json").read_text())
+    record = json.loads(RunPaths(run_dir).ensemble_json.read_text())
     assert set(record["thresholds"]) == {"mask"} and record["threshold_rules"]["mask"] == "best OOF dice"
     board = cli("status", volume, "--run-dir", run_dir).output
     assert "unet/resnet10t" in board or "fpn/resnet10t" in board
@@ -218,23 +219,25 @@ def test_images_larger_than_the_tile_are_predicted_in_tiles(volume, cli, tmp_pat
     cli("search", volume, "--run-dir", run_dir, "--trials", "1", "--set", "tile_size=32",
         "--set", "search.architectures=[unet]", "--set", "search.steps=[2]")
     assert calls and all(shape[-2:] == (48, 48) for shape in calls)  # OOF and test slices, in 32-px tiles
-    assert np.load(run_dir / "trials" / "t0000" / "fold0" / "oof.npy").shape == (4, 48, 48)
+    assert np.load(RunPaths(run_dir).fold(0, 0).oof).shape == (4, 48, 48)
     cli("submit", volume, "--run-dir", run_dir)
     assert tifffile.imread(run_dir / "test-labels.tif").shape == (4, 48, 48)
 
 
 def test_augmentation_moves_image_and_mask_together():
-    from harness.training.augment import AUGMENTS
     from harness.tasks.segmentation import SegmentationTask
+    from harness.training import trial_config
+    from harness.training.datasets import FoldData, train_dataset
+    from harness.training.feed import BatchPlan
     from harness.training.sampling import Drawing
 
     rng = np.random.default_rng(3)
     images, labels = disks(2, rng, size=64)
     masks = (labels == 0).astype(np.uint8)
     task = SegmentationTask.for_metric("dice", tile_size=1024)
-    dataset = task.train_dataset(images[..., None], masks, np.zeros(2, int), np.arange(2),
-                                 AUGMENTS.get("elastic")("free"), 32,
-                                 Drawing())
+    cfg = trial_config(image_size=32, augment="elastic", orientation="free")
+    data = FoldData(images[..., None], masks, np.arange(2), np.arange(0), images[:0, ..., None])
+    dataset = train_dataset(task, data, BatchPlan(cfg, 0, Drawing(), np.zeros(2, int), None, None))
     for _ in range(10):
         x, mask = dataset[0]
         assert x.shape == (1, 32, 32) and mask.shape == (1, 32, 32)

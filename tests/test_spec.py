@@ -4,6 +4,7 @@ import pytest
 
 from conftest import edit_spec as edit
 from harness import SpecError, load_competition, open_run
+from harness.config.paths import RunPaths
 
 
 def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
@@ -81,7 +82,7 @@ def test_corrupt_image_is_named_before_training(class_folder_competition, cli, t
     result = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1", ok=False)
     assert result.exit_code != 0
     assert "broken.png" in result.output
-    assert not (tmp_path / "run" / "trials").exists()
+    assert not RunPaths(tmp_path / "run").trial_dir(0).exists()
 
 
 def test_validate_prints_the_samples_summary(csv_competition, cli):

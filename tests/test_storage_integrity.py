@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import postgres_cluster
 from harness.cli import main
-from harness.config.paths import open_run
+from harness import open_run
 from harness.errors import fault_line, storage_error_line
 from harness.search.launch import worker_command, worker_environments
 
@@ -234,3 +234,33 @@ def test_a_timeout_that_is_not_positive_is_a_command_line_mistake(timeout, class
     result = CliRunner().invoke(main, ["search", str(comp), "--run-dir", str(run_dir), "--timeout", timeout])
     assert result.exit_code == 2 and "--timeout" in result.output, result.output
     assert not run_dir.exists()
+
+
+# --- the read-only commands never write the storage ------------------------------------------
+
+def storage_files(run_dir: Path, db: Path) -> Dict[str, int]:
+    """Modification time (ns) of each storage file: the database, its copy and lock beside it, and in
+    the run dir the remembered URL, any study.db and any lock."""
+    found = [p for p in db.parent.glob(db.name + "*")] + [p for p in run_dir.iterdir() if p.name.startswith(
+        ("study.", ".create.lock", ".slots.lock")) or p.name.endswith(".lock")]
+    return {str(p): p.stat().st_mtime_ns for p in found if p.is_file()}
+
+
+def test_status_submit_report_and_predict_write_no_storage_file(class_folder_competition, cli, tmp_path):
+    comp, run_dir = class_folder_competition(), tmp_path / "run"
+    db = tmp_path / "elsewhere" / "study.db"
+    db.parent.mkdir()
+    storage = f"sqlite:///{db}"
+    cli("search", comp, "--run-dir", run_dir, "--trials", "2", "--storage", storage)
+    (run_dir / "study.url").unlink()  # so that a command remembering --storage would show
+    before = storage_files(run_dir, db)
+    assert str(db) in before and not (run_dir / "study.db").exists()
+    names = {p.name for p in run_dir.iterdir()}
+    given = ["--run-dir", run_dir, "--storage", storage]
+    assert " complete " in cli("status", comp, *given).output
+    assert "ensemble of" in cli("submit", comp, *given).output
+    cli("report", comp, *given)
+    cli("predict", comp, *given, tmp_path / "data" / "test", "--out", tmp_path / "predictions.csv")
+    assert storage_files(run_dir, db) == before  # none made, none written (not study.url, nor study.db)
+    made = {p.name for p in run_dir.iterdir()} - names
+    assert made <= {"submission.csv", "ensemble.json", "report.html", "confusion_matrix.csv", "roc.png"}, made

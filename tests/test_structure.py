@@ -1,10 +1,11 @@
 """The package's shape: stages that import downwards only, small modules, task rules in tasks/."""
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
-from harness.tasks import TASKS, TaskType
+from harness.tasks import TASKS, Task
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 
@@ -39,9 +40,34 @@ def modules() -> dict:
     return {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def test_no_import_circle():
+# the stages in the order the data flows, bottom first: a package imports only packages below it
+LAYERS = [("registry", "errors", "files"), ("config",), ("tasks",), ("data",), ("training",), ("search",),
+          ("submit",), ("preflight",), ("cli", "__main__", "")]
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def import_graph() -> dict:
     mods = modules()
-    graph = {m: {t for t in imports(p) if t in mods and t != m} for m, p in mods.items()}
+    return {m: {t for t in imports(p) if t in mods and t != m} for m, p in mods.items()}
+
+
+def upward_imports(graph: dict) -> list:
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer(t) > layer(m))
+
+
+def test_packages_import_only_packages_below_them():
+    """The stage order as a rule, function-local imports included: config < tasks < data < training <
+    search < submit < preflight < cli; a module may import its own package and those below."""
+    upward = upward_imports(import_graph())
+    assert not upward, "imports against the stage order:\n" + "\n".join(upward)
+
+
+def test_no_import_circle():
+    graph = import_graph()
     # a package's __init__ re-exports its modules: importing the package is importing them
     state = {}
 
@@ -59,6 +85,26 @@ def test_no_import_circle():
             visit(m, [m])
 
 
+def test_the_structural_check_sees_imports_inside_functions(tmp_path, monkeypatch):
+    probe = tmp_path / "harness" / "tasks" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("import numpy\n\ndef f():\n    from ..training import fit\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "harness")
+    found = imports(probe)
+    assert "harness.training" in found
+    assert upward_imports({"harness.tasks.probe": found}) == ["harness.tasks.probe -> harness.training",
+                                                             "harness.tasks.probe -> harness.training.fit"]
+
+
+def test_no_harness_import_inside_a_function():
+    """A stage's dependencies are said at the top of its modules, where the order test reads them; an
+    import inside a function is how an upward dependency hid before."""
+    hidden = [f"{p.relative_to(PACKAGE)}:{n.lineno}" for p in PACKAGE.rglob("*.py")
+              for f in ast.walk(ast.parse(p.read_text())) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("harness"))]
+    assert not hidden
+
+
 def test_no_module_over_300_lines():
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 300}
     assert not long
@@ -72,10 +118,22 @@ def test_task_rules_live_with_the_tasks():
 
 
 @pytest.mark.parametrize("name", TASKS.names())
-def test_every_task_implements_the_protocol(name):
-    task_type = TASKS.get(name)
-    assert issubclass(task_type, TaskType)
-    for method in ("check_spec", "label_classes", "build", "submission_columns", "predict", "score", "labels",
-                   "nll", "loss", "train_dataset", "load_images", "suggest_model", "fit_cutoffs"):
-        assert callable(getattr(task_type, method, None)), f"{name} lacks {method}"
-    assert task_type.build is not TaskType.build and task_type.label_classes is not TaskType.label_classes
+def test_every_task_implements_the_interface(name):
+    """A task is a `Task` with nothing abstract left, traits the other stages read, and its rules."""
+    task = TASKS.get(name)
+    assert issubclass(task, Task) and not inspect.isabstract(task)
+    for trait in ("masks_are_labels", "trains_on_whole_images", "writes_probability", "mask_submission"):
+        assert isinstance(getattr(task, trait), bool), f"{name}.{trait}"
+    assert task.families and task.metrics.names() and task.losses.names()
+    for method in ("check", "label_classes", "submission_columns"):
+        assert callable(getattr(task.rules, method, None)), f"{name}'s rules lack {method}"
+
+
+def test_no_task_or_model_family_is_named_outside_tasks_and_the_model_factory():
+    """Other stages read the tasks' traits; the model family is decided in training/models.py only."""
+    names = [f'"{n}"' for n in TASKS.names()] + ['"timm_classifier"', '"timm_aux_mask"', '"smp"', '"smp_mask_score"']
+    allowed = {PACKAGE / "training" / "models.py", PACKAGE / "training" / "config.py"}  # config: the default family
+    outside = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if "tasks" not in p.parts
+               and p not in allowed for i, line in enumerate(p.read_text().splitlines(), 1)
+               if any(n in line for n in names)]
+    assert not outside

@@ -10,6 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from harness.config.paths import RunPaths
 from harness.training import weights
 
 
@@ -32,7 +33,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def trial_config(run_dir):
-    return json.loads((run_dir / "trials" / "t0000" / "config.json").read_text())
+    return json.loads(RunPaths(run_dir).trial_config(0).read_text())
 
 
 def test_auto_trains_from_scratch_offline_and_says_so_once(class_folder_competition, cli, hub_cache, tmp_path):

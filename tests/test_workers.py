@@ -15,9 +15,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import free_port, postgres_cluster
+from conftest import free_port, load_study, postgres_cluster
+from harness.config.paths import RunPaths
 from harness.search.workers import worker_seed
-from harness.training.store import artifact_owner
+from harness.search.record import artifact_owner
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
 QUICK = ["--set", "folds=2", "--set", "search.steps=[2]", "--set", "search.evals=1",
@@ -50,13 +51,13 @@ def test_two_workers_on_a_fresh_sqlite_run_dir_end_with_exactly_the_trials_asked
     # schema and the study are all made while both workers start
     run_dir = tmp_path / "run"
     outputs = finish(start_workers(2, DIGITS, run_dir, 5, *QUICK))
-    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{run_dir}/study.db")
+    study = load_study(run_dir)
     assert_exactly(study, 5)
     assert sum("recipe scratch_small" in out for out in outputs) == 1  # enqueued once
-    assert len(list((run_dir / "data" / "train").iterdir())) == 10  # prepared once, complete
+    assert len(list((RunPaths(run_dir).data_dir / "train").iterdir())) == 10  # prepared once, complete
     # two more workers resume the study to 8: exactly 8, not 9
     finish(start_workers(2, DIGITS, run_dir, 8, *QUICK))
-    assert_exactly(optuna.load_study(study_name="digits", storage=f"sqlite:///{run_dir}/study.db"), 8)
+    assert_exactly(load_study(run_dir), 8)
 
 
 def test_each_worker_start_draws_with_a_seed_of_its_own_and_the_first_with_the_specs():
@@ -69,17 +70,16 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(class_folder
                                                           "heartbeat": 1}, extra={"folds": 3})
     run_dir = tmp_path / "run"
     workers = start_workers(2, comp, run_dir, 4)
-    storage = f"sqlite:///{run_dir}/study.db"
     victim, deadline = None, time.time() + 300
     while victim is None:
         assert time.time() < deadline and all(w.poll() is None for w in workers), "no trial to kill"
         time.sleep(0.05)
         try:
-            trials = optuna.load_study(study_name="tiny-folders", storage=storage).trials
+            trials = load_study(run_dir).trials
         except Exception:  # noqa: BLE001 - not made yet
             continue
         for t in trials:
-            fold0 = run_dir / "trials" / f"t{t.number:04d}" / "fold0" / "done.json"
+            fold0 = RunPaths(run_dir).fold(t.number, 0).done
             if t.state == TrialState.RUNNING and "pid" in t.user_attrs and fold0.is_file():
                 victim = t
     os.kill(victim.user_attrs["pid"], signal.SIGKILL)
@@ -87,7 +87,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_another(class_folder
     for w in workers:
         w.wait(timeout=600)
     out = finish(survivor)[0]
-    study = optuna.load_study(study_name="tiny-folders", storage=storage)
+    study = load_study(run_dir)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 4, states
     killed = study.trials[victim.number]
@@ -116,7 +116,7 @@ def test_three_workers_on_one_postgresql_study_end_with_exactly_the_trials_asked
     finish(start_workers(3, comp, run_dir, 6, "--storage", url))
     study = optuna.load_study(study_name="tiny-folders", storage=url.replace("postgresql://", "postgresql+psycopg://"))
     assert_exactly(study, 6)
-    assert (run_dir / "study.url").read_text().strip() == url  # later commands find the study
+    assert RunPaths(run_dir).study_url_file.read_text().strip() == url  # later commands find the study
     assert cli("status", comp, "--run-dir", run_dir).output.count(" complete ") == 6
     assert "ensemble of" in cli("submit", comp, "--run-dir", run_dir).output
 
@@ -131,4 +131,4 @@ def test_postgresql_storage_errors_are_one_line(postgres, class_folder_competiti
     closed = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/postgres"
     out = cli("search", comp, "--run-dir", tmp_path / "b", "--trials", "1", "--storage", closed, ok=False).output
     assert "cannot connect" in out and len(out.strip().splitlines()) == 1
-    assert not (tmp_path / "b" / "study.url").exists()
+    assert not RunPaths(tmp_path / "b").study_url_file.exists()

@@ -4,6 +4,13 @@ runs/<name>/
     study.db                      Optuna storage (default; --storage picks another, remembered in study.url, 0600)
     study.db.backup               its copy after the last finished trial (named by errors.backup_of: the
                                   database may live elsewhere, and its copy lives beside it)
+    study.db.lock                 the SQLite study's slot lock, beside the database wherever it is (`sqlite_lock`)
+    study.url                     the --storage `search` connected to (0600: it may hold a password)
+    .create.lock                  held while a worker makes what the study needs before its first trial
+    .slots.lock                   held while a worker claims a trial slot (a storage that is not SQLite
+                                  nor PostgreSQL)
+    .write-probe.<host>-<pid>.<hex>.tmp  made and removed at once: the run dir can be written
+    data/                         the prepared data of a spec with `prepare` and no data_root
     options.json                  the --set overrides of `search`, applied again by every later command
     folds.csv                     fold of each training image, fixed for the whole study
     cache/                        decoded images per (listing, size, channels), memory-mapped .npy;
@@ -22,11 +29,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import SpecError
-from ..files import write_file
-from .spec import Competition, load_competition, read_raw
+from ..files import temporary_path, write_file
+from .spec import Competition, read_raw
 
 
 @dataclass
@@ -65,6 +72,12 @@ OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.ur
                        "cache", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
 
 
+def sqlite_lock(db_file: Path) -> Path:
+    """The slot lock of an SQLite study: beside its database, so that every run dir sharing the file
+    shares the lock."""
+    return db_file.with_name(db_file.name + ".lock")
+
+
 @dataclass
 class RunPaths:
     root: Path
@@ -85,6 +98,24 @@ class RunPaths:
     @property
     def study_url_file(self) -> Path:
         return self.root / "study.url"
+
+    @property
+    def create_lock(self) -> Path:
+        return self.root / ".create.lock"
+
+    @property
+    def slots_lock(self) -> Path:
+        return self.root / ".slots.lock"
+
+    def write_probe(self) -> Path:
+        """A name of this process's own to show the run dir can be written (a leftover one is removed
+        with the other temporaries of a killed process)."""
+        return temporary_path(self.root / "write-probe")
+
+    @property
+    def data_dir(self) -> Path:
+        """The prepared data of a spec with `prepare` and no data_root."""
+        return self.root / "data"
 
     @property
     def options_json(self) -> Path:
@@ -172,9 +203,12 @@ class Run:
         return self.spec.name
 
 
-def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optional[str] = None,
-             overrides: Sequence[str] = (), storage: Optional[str] = None) -> Run:
-    """Resolve everything a command needs from the CLI's options (or their Python equivalents).
+def resolve_run(load: Callable[[str | Path, Sequence[str]], Competition], folder: str | Path,
+                data_root: Optional[str] = None, run_dir: Optional[str] = None, overrides: Sequence[str] = (),
+                storage: Optional[str] = None) -> Run:
+    """Resolve everything a command needs from the CLI's options (or their Python equivalents);
+    `load` reads the spec (`preflight.load_spec`, which checks it against every stage's registries:
+    `preflight.open_run` is this with it).
 
     Overrides that `search` remembered in the run dir apply first; this command's `overrides`
     are applied after them, so they win key by key.
@@ -185,13 +219,13 @@ def open_run(folder: str | Path, data_root: Optional[str] = None, run_dir: Optio
     remembered = _remembered_overrides(paths)
     overrides = merge_overrides(remembered, overrides)
     try:
-        spec = load_competition(folder, overrides)
+        spec = load(folder, overrides)
     except SpecError as err:
         if not remembered:
             raise
         raise SpecError(f"{err} (with the overrides remembered in {paths.options_json})") from None
     paths.submission(spec.submission.file)  # refused now, before anything is written
-    data = spec.resolve_data_root(data_root, paths.root)
+    data = spec.resolve_data_root(data_root, paths.data_dir)
     return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
                storage_given=bool(storage), overrides=overrides, remembered=remembered)
 

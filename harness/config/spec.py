@@ -2,7 +2,9 @@
 
 Every key is a dataclass field; unknown keys, wrong types and values outside a registry are
 refused with one line that names the key and what is allowed, before anything is trained
-(`validate.py` holds the rules; the task's own rules live with the task, `tasks/`).
+(`validate.py` holds the rules). Keys that name a registry entry of a later stage (a layout, a
+metric, a format) say only which registry; the preflight (`harness/preflight.py`) gives the
+registries, and adds the task's defaults and rules.
 """
 from __future__ import annotations
 
@@ -10,27 +12,25 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from ..errors import SpecError
 from .validate import build, check_consistency
 
-if TYPE_CHECKING:
-    from ..registry import Registry
-    from ..tasks.base import TaskType
-
 SPEC_FILE = "competition.yaml"
 
 
-def _choices(registry_path: str) -> Dict[str, Any]:
-    return {"choices": registry_path}
+def _registry(kind: str) -> Dict[str, Any]:
+    """A key that names an entry of a registry of a later stage (`harness list <kind>`): the preflight
+    gives the registries when it builds the spec; config itself imports none of them."""
+    return {"registry": kind}
 
 
 @dataclass
 class DataSection:
-    layout: str = field(metadata=_choices("harness.data.layouts:LAYOUTS"))
+    layout: str = field(metadata=_registry("layouts"))
     images: str = "."  # folder of images, relative to the data root
     csv: Optional[str] = None  # csv layout: listing, relative to the data root
     image_column: str = "path"
@@ -50,7 +50,7 @@ class DataSection:
 
 @dataclass
 class HeadSpec:
-    metric: Optional[str] = field(default=None, metadata=_choices("harness.tasks.metrics:METRICS"))
+    metric: Optional[str] = field(default=None, metadata=_registry("metrics"))
     loss_weight: float = 1.0  # the heads' losses are summed with these weights
     metric_weight: float = 1.0  # the competition metric is the heads' metrics averaged with these
 
@@ -63,7 +63,7 @@ class Submission:
     target_column: str = "label"
     value: str = field(default="label", metadata={"choices": ["label", "probability"]})
     sample: Optional[str] = None  # sample submission, relative to the data root
-    format: str = field(default="csv", metadata=_choices("harness.submit.formats:FORMATS"))
+    format: str = field(default="csv", metadata=_registry("formats"))
     columns: List[str] = field(default_factory=list)  # multihead: a column per head, in head order
     combined_column: Optional[str] = None  # multihead: also write the combined class index
 
@@ -74,12 +74,12 @@ class SearchSpace:
     architectures: List[str] = field(default_factory=lambda: ["unet"])  # segmentation: smp decoders
     image_size: List[int] = field(default_factory=lambda: [224])
     augment: List[str] = field(
-        default_factory=lambda: ["light", "medium"], metadata=_choices("harness.training.augment:AUGMENTS")
+        default_factory=lambda: ["light", "medium"], metadata=_registry("augmentations")
     )
     loss: List[str] = field(default_factory=lambda: ["ce", "label_smoothing", "focal"])  # checked per task
     imbalance: List[str] = field(
         default_factory=lambda: ["none", "class_weights", "oversample"],
-        metadata=_choices("harness.training.sampling:IMBALANCE"),
+        metadata=_registry("imbalance"),
     )
     lr: List[float] = field(default_factory=lambda: [1e-4, 3e-3])  # [low, high], log scale
     weight_decay: List[float] = field(default_factory=lambda: [1e-6, 1e-2])  # [low, high], log
@@ -97,7 +97,7 @@ class SearchSpace:
     # auto: cached weights, else from scratch; true: cached or downloaded; false; a weights file; or a
     # mapping backbone: file (training/weights.py)
     pretrained: Union[bool, Dict[str, str], str] = "auto"
-    pruner: str = field(default="median", metadata=_choices("harness.search.pruners:PRUNERS"))
+    pruner: str = field(default="median", metadata=_registry("pruners"))
     tta: bool = True  # flip test-time augmentation, where `orientation` allows flips
     num_workers: Optional[int] = None  # DataLoader workers; default 0 on CPU, up to 8 on GPU
     # seconds between a running trial's heartbeats; 5 missed: its worker died, the trial is retried
@@ -120,7 +120,7 @@ class SearchSpace:
 @dataclass
 class Competition:
     name: str
-    task: str = field(metadata=_choices("harness.tasks:TASKS"))
+    task: str = field(metadata=_registry("tasks"))
     train: DataSection
     test: DataSection
     metric: str  # checked against the task's metrics: `harness list metrics` / `segmentation_metrics`
@@ -137,12 +137,13 @@ class Competition:
     tile_size: int = 1024  # segmentation: images with a longer side are predicted in overlapping tiles
     fold_by: str = field(default="stratified", metadata={"choices": ["stratified", "blocks"]})
     data_root: Optional[str] = None  # relative to the competition folder
-    prepare: Optional[str] = field(default=None, metadata=_choices("harness.data.preparers:PREPARERS"))
+    prepare: Optional[str] = field(default=None, metadata=_registry("preparers"))
     description: str = ""
     folder: Path = field(default=Path("."), metadata={"internal": True})
 
-    def resolve_data_root(self, override: Optional[str], run_dir: Path) -> Path:
-        """--data-root, else $HARNESS_DATA, else the spec's data_root, else <run-dir>/data."""
+    def resolve_data_root(self, override: Optional[str], prepared_dir: Path) -> Path:
+        """--data-root, else $HARNESS_DATA, else the spec's data_root, else `prepared_dir` (the run
+        dir's data folder, named by `RunPaths.data_dir`)."""
         if override:
             return Path(override).expanduser().resolve()
         if os.environ.get("HARNESS_DATA"):
@@ -150,43 +151,24 @@ class Competition:
         if self.data_root:
             return (self.folder / self.data_root).resolve()
         if self.prepare:
-            return (run_dir / "data").resolve()
+            return prepared_dir.resolve()
         raise SpecError(f"{self.folder / SPEC_FILE}: no data_root: set it, pass --data-root or HARNESS_DATA")
 
-    @property
-    def task_type(self) -> "TaskType":
-        """The registered task (`harness list tasks`): its metrics, losses and rules."""
-        from ..tasks import TASKS
 
-        return TASKS.get(self.task)
-
-    @property
-    def metrics(self) -> "Registry":
-        """The metrics this competition may be scored with."""
-        return self.task_type.metrics
-
-    @property
-    def declares_aux_masks(self) -> bool:
-        """Whether train.masks is an auxiliary target, not the task's labels (as in segmentation)."""
-        return not self.task_type.masks_are_labels and self.train.masks is not None
-
-    @property
-    def searches_aux_head(self) -> bool:
-        """Whether classifier trials draw an auxiliary mask head: masks declared, a weight above 0 searched."""
-        return self.declares_aux_masks and max(self.search.aux_weight) > 0
-
-    @property
-    def uses_aux_masks(self) -> bool:
-        """Whether trials may train on the masks: the auxiliary head, or the mask_score family."""
-        return self.searches_aux_head or (self.declares_aux_masks and "mask_score" in self.search.families)
-
-
-def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Competition:
-    """Read `<folder>/competition.yaml`, apply `--set key=value` overrides, validate."""
+def load_competition(folder: Union[str, Path], overrides: Sequence[str] = (),
+                     registries: Optional[Mapping[str, Any]] = None,
+                     defaults: Optional[Callable[[Any], Mapping[str, Mapping[str, Any]]]] = None) -> Competition:
+    """Read `<folder>/competition.yaml`, apply `--set key=value` overrides, fill `defaults(task)` (section
+    → key → value, for the task the spec names) where the spec is silent, check types and the names in `registries` (kind → names;
+    the preflight gives them) and the rules of config's own keys."""
     path, raw = read_raw(folder, overrides)
-    _fill_task_defaults(raw)
+    for section, values in (defaults(raw.get("task")) if defaults else {}).items():
+        node = raw.setdefault(section, {})
+        if isinstance(node, dict):
+            for key, value in values.items():
+                node.setdefault(key, value)
     try:
-        spec = build(Competition, raw, "")
+        spec = build(Competition, raw, "", registries or {})
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None
     spec.folder = path.parent.resolve()
@@ -194,23 +176,15 @@ def load_competition(folder: Union[str, Path], overrides: Sequence[str] = ()) ->
     return spec
 
 
-def _fill_task_defaults(raw: Dict[str, Any]) -> None:
-    """Keys the spec leaves out take the task's defaults (segmentation: masks, pixel losses)."""
-    from ..tasks import TASKS
-
-    if raw.get("task") not in TASKS:
-        return  # refused, with the tasks allowed, when the spec is built
-    for section, values in TASKS.get(raw["task"]).defaults.items():
-        node = raw.setdefault(section, {})
-        if isinstance(node, dict):
-            for key, value in values.items():
-                node.setdefault(key, value)
+def spec_path(folder: Union[str, Path]) -> Path:
+    """The spec file a command names: `<folder>/competition.yaml`, or the file itself."""
+    folder = Path(folder)
+    return folder / SPEC_FILE if folder.is_dir() else folder
 
 
 def read_raw(folder: Union[str, Path], overrides: Sequence[str] = ()) -> Tuple[Path, Dict[str, Any]]:
     """(spec path, the YAML mapping with the overrides applied), not yet validated."""
-    folder = Path(folder)
-    path = folder / SPEC_FILE if folder.is_dir() else folder
+    path = spec_path(folder)
     if not path.is_file():
         raise SpecError(f"{path}: no such competition spec: point at a folder holding {SPEC_FILE}")
     try:

@@ -1,15 +1,16 @@
 """The rules of competition.yaml: types, registered names and rules that span several keys.
 
 Each dataclass field of `spec.py` is converted by its type hint; a field whose metadata names a
-registry (`"harness.data.layouts:LAYOUTS"`) accepts only that registry's names. Rules that belong
-to one task (its metrics, losses, heads, submission formats) are the task's `check_spec`.
+registry (`{"registry": "layouts"}`) accepts only the names the caller's `registries` give for
+it (the preflight's). Rules that span the registries of other stages (a task's own rules, its
+formats, recipes, backbones) are the preflight's.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Union
 
 from ..errors import SpecError
 
@@ -21,8 +22,9 @@ RETIRED = {"search.epochs": "budgets are optimizer steps now: write search.steps
                             "(an epoch is images / batch_size steps)"}
 
 
-def build(cls: type, raw: Any, where: str) -> Any:
-    """`cls` (a spec dataclass) from its YAML mapping; every key checked, one line per mistake."""
+def build(cls: type, raw: Any, where: str, registries: Mapping[str, Any]) -> Any:
+    """`cls` (a spec dataclass) from its YAML mapping; every key checked, one line per mistake; a key
+    naming a registry entry is checked against `registries[kind]` (left unchecked without it)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{where or 'spec'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -44,11 +46,12 @@ def build(cls: type, raw: Any, where: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SpecError(f"missing key '{key}': add it to competition.yaml")
             continue
-        kwargs[name] = _convert(hints[name], raw[name], key, f.metadata.get("choices"))
+        choices = f.metadata.get("choices", registries.get(f.metadata.get("registry")))
+        kwargs[name] = _convert(hints[name], raw[name], key, choices, registries)
     return cls(**kwargs)
 
 
-def _convert(hint: Any, value: Any, key: str, choices: Any) -> Any:
+def _convert(hint: Any, value: Any, key: str, choices: Any, registries: Mapping[str, Any]) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Union:
         if value is None and type(None) in args:
@@ -57,22 +60,22 @@ def _convert(hint: Any, value: Any, key: str, choices: Any) -> Any:
         errors = []
         for option in options:
             try:
-                return _convert(option, value, key, choices)
+                return _convert(option, value, key, choices, registries)
             except SpecError as err:
                 errors.append(err)
         raise errors[0]
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, key)
+        return build(hint, value, key, registries)
     if origin in (list, List):
         items = value if isinstance(value, list) else [value]
         if not items:
             raise SpecError(f"'{key}': needs at least one value")
-        return [_convert(args[0], v, key, choices) for v in items]
+        return [_convert(args[0], v, key, choices, registries) for v in items]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise SpecError(f"'{key}': expected a mapping, got {value!r}")
         if dataclasses.is_dataclass(args[1]):
-            return {str(k): build(args[1], v or {}, f"{key}.{k}") for k, v in value.items()}
+            return {str(k): build(args[1], v or {}, f"{key}.{k}", registries) for k, v in value.items()}
         return {str(k): v for k, v in value.items()}
     out = _scalar(hint, value, key)
     _check_choice(out, key, choices)
@@ -107,15 +110,12 @@ def _check_choice(value: Any, key: str, choices: Any) -> None:
         return
     if hasattr(choices, "names"):
         choices = choices.names()
-    if isinstance(choices, str):
-        module, attr = choices.split(":")
-        choices = getattr(__import__(module, fromlist=[attr]), attr).names()
     if value not in choices:
         raise SpecError(f"'{key}': unknown value {value!r} (allowed: {', '.join(map(str, choices))})")
 
 
 def check_consistency(spec: "Competition", path: Path) -> None:
-    """Rules that span several keys; then the task's own."""
+    """Rules that span several of config's own keys."""
     s = spec.search
     if spec.folds < 2:
         raise SpecError(f"{path}: 'folds': needs at least 2, got {spec.folds}: set folds: 5")
@@ -139,57 +139,8 @@ def check_consistency(spec: "Competition", path: Path) -> None:
         raise SpecError(f"{path}: 'search.prune_warmup': a share of the steps in [0, 1), got {s.prune_warmup}")
     if min(s.aux_weight) < 0:
         raise SpecError(f"{path}: 'search.aux_weight': values must be >= 0, got {s.aux_weight}")
-    _check_recipes(spec, path)
     if spec.test.target is not None or spec.test.targets:
         raise SpecError(f"{path}: 'test.target': the test set has no target")
-    spec.task_type.check_spec(spec, path)
-    _check_augment_on(spec, path)
-    _check_backbones(s.backbones, path)
-
-
-def _check_augment_on(spec: "Competition", path: Path) -> None:
-    from ..training.augment import batch_form
-
-    if spec.search.augment_on != "device":
-        return
-    if spec.uses_aux_masks:
-        raise SpecError(f"{path}: 'search.augment_on': device cannot augment train.masks with the images; "
-                        "auxiliary-mask trials augment in workers (use auto or workers, or search.aux_weight [0])")
-    if not spec.task_type.trains_on_whole_images:
-        raise SpecError(f"{path}: 'search.augment_on': device is for whole-image tasks; task {spec.task} "
-                        "augments image and mask in workers (use auto or workers)")
-    for policy in spec.search.augment:
-        if batch_form(policy) is None:
-            raise SpecError(f"{path}: 'search.augment_on': policy {policy!r} has no device form "
-                            "(use auto or workers)")
-
-
-def _check_recipes(spec: "Competition", path: Path) -> None:
-    from ..training.recipes import RECIPES
-
-    for name in spec.search.recipes:
-        if name != "auto":
-            try:
-                RECIPES.check(name, "search.recipes")
-            except SpecError as err:
-                raise SpecError(f"{path}: {err}: or auto") from None
-            recipe = RECIPES.get(name)
-            if spec.task not in recipe.tasks:
-                raise SpecError(f"{path}: 'search.recipes': {name} is for task {' or '.join(recipe.tasks)}, "
-                                f"not {spec.task}")
-            if recipe.family is not None and recipe.family not in spec.search.families:
-                raise SpecError(f"{path}: 'search.recipes': {name} trains the {recipe.family} family: "
-                                f"add it to search.families")
-
-
-def _check_backbones(names: List[str], path: Path) -> None:
-    import timm
-
-    for name in names:
-        if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-            hint = f" (did you mean: {', '.join(close)})" if close else ""
-            raise SpecError(f"{path}: 'search.backbones': unknown timm model {name!r}{hint}")
 
 
 def _join(where: str, name: str) -> str:

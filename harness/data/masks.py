@@ -45,6 +45,18 @@ def load_masks(frame, positive_value: Optional[int]) -> np.ndarray:
     return (masks == positive_value if positive_value is not None else masks > 0).astype(np.uint8)
 
 
+def mask_labels(frame, positive_value: Optional[int]) -> np.ndarray:
+    """The training masks as labels (N × H × W, 1 = positive), each checked against its image; masks
+    without a positive pixel are refused (the value given is not the masks')."""
+    y = load_masks(frame, positive_value)
+    check_mask_sizes(frame, y)
+    if not y.any():
+        value = "any value above 0" if positive_value is None else positive_value
+        raise SpecError(f"no pixel of the training masks has {value} (positive_value): name the value "
+                        "the masks give the positive class")
+    return y
+
+
 def check_mask_sizes(frame, masks: np.ndarray) -> None:
     """Each image has the size of its mask (from headers and TIFF pages, before any training)."""
     mh, mw = masks.shape[1:3]

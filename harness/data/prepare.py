@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
-from ..errors import SpecError
+from ..tasks import task_type
 from .digests import file_digests, listing_digest, same_content
 from .folds import folds_hash, load_or_make_folds
-from .images import infer_channels, load_resized_masks, probe_images
+from .images import infer_channels, load_resized, load_resized_masks, probe_images
+from .masks import load_native, mask_labels
 from .samples import Samples, load_samples
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config.paths import Run
     from ..tasks.base import Task
 
@@ -34,13 +37,20 @@ class SearchData:
     _loaded: dict = field(default_factory=dict, repr=False)  # the last size's images, kept for the next trial
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Train and test images as the task's model takes them (see `Task.load_images`); the same
-        arrays for trials of the same size, so that what is made of them (device copies) is reused."""
+        """Train and test images as the task's model takes them (`model_images`); the same arrays for
+        trials of the same size, so that what is made of them (device copies) is reused."""
         if (size, cache) not in self._loaded:
             self._loaded.clear()
-            self._loaded[size, cache] = tuple(self.task.load_images(frame, size, self.channels, cache)
+            self._loaded[size, cache] = tuple(model_images(self.task, frame, size, self.channels, cache)
                                               for frame in (self.samples.train, self.samples.test))
         return self._loaded[size, cache]
+
+    def test_images(self, size: int, cache: Optional[Path] = None) -> np.ndarray:
+        """The test images alone, as the task's model takes them (a fold trained on another test set
+        predicts them again)."""
+        if (size, cache) in self._loaded:
+            return self._loaded[size, cache][1]
+        return model_images(self.task, self.samples.test, size, self.channels, cache)
 
     def aux_masks(self, size: int, cache: Optional[Path] = None) -> Optional[np.ndarray]:
         """The training images' auxiliary masks at `size` (N × size × size, 0/1), or None without train.masks."""
@@ -56,7 +66,8 @@ class SearchData:
 
 def prepare_data(run: "Run") -> SearchData:
     """Load and check the data and folds; raises SpecError before anything is trained."""
-    samples = load_samples(run.spec, run.data_root)
+    task_class = task_type(run.spec)  # the registered task: its traits and rules
+    samples = load_samples(run.spec, run.data_root, task_class)
     channels = run.spec.channels or infer_channels(
         probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
     )
@@ -69,7 +80,8 @@ def prepare_data(run: "Run") -> SearchData:
     same = same_content(train_digests, whole_files) if run.spec.fold_by == "stratified" else None
     table = load_or_make_folds(run.paths.folds_csv, samples, run.spec.folds, run.spec.seed,
                                run.spec.fold_by, same)
-    task, y = run.spec.task_type.build(run.spec, samples)
+    task = task_class.from_spec(run.spec, samples.heads)
+    y = mask_labels(samples.train, run.spec.positive_value) if task.masks_are_labels else samples.y
     return SearchData(samples=samples, task=task, channels=channels, fold=table["fold"].to_numpy(),
                       folds_hash=folds_hash(table), y=y, same=same,
                       # by the names as listed: the same data under another --data-root is the same data
@@ -77,13 +89,10 @@ def prepare_data(run: "Run") -> SearchData:
                       test_hash=listing_digest(samples.test["listed"].tolist(), test_digests))
 
 
-def check_trainable(run: "Run", data: SearchData) -> List[str]:
-    """What only training needs, checked before any trial: every backbone's weights are there
-    (`training/weights.py`), and the task's models build (a ViT has no feature pyramid for a decoder).
-    Returns what `auto` (or a mapping) chose for each backbone, a line each, for the caller to say."""
-    from ..training.weights import plan_lines, weights_plan
-
-    search = run.spec.search
-    plan = weights_plan(search.pretrained, search.backbones)
-    data.task.check_buildable(search, data.channels)
-    return plan_lines(search.pretrained, plan)
+def model_images(task: "Task", frame: "pd.DataFrame", size: int, channels: int,
+                 cache: Optional[Path]) -> np.ndarray:
+    """The listed images as the task's model takes them: resized to `size` × `size` (whole images),
+    or at their own size when the labels are masks (training crops `size`, prediction sees them whole)."""
+    if task.trains_on_whole_images:
+        return load_resized(frame["path"].tolist(), size, channels, cache)
+    return load_native(frame, channels)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ class Samples:
     y: np.ndarray  # N × H class indices
     data_root: Path
     skipped: Optional[Dict[str, Dict[str, int]]] = None  # train/test → files left out for their extension
+    sample: Optional[pd.DataFrame] = None  # the sample submission, checked against the test ids (or None)
 
     @property
     def classes(self) -> List[str]:
@@ -40,7 +41,7 @@ class Samples:
         return next(iter(self.heads.values()))
 
 
-def load_samples(spec: "Competition", data_root: Path) -> Samples:
+def load_samples(spec: "Competition", data_root: Path, task: type) -> Samples:
     """Read train and test listings, derive labels, ids and groups; validate before training."""
     if spec.prepare:
         prepare_data_root(spec.prepare, data_root, data_root / spec.train.images)
@@ -57,15 +58,16 @@ def load_samples(spec: "Competition", data_root: Path) -> Samples:
         raise SpecError(f"{data_root / spec.test.images}: no test images found: check test.images "
                         "and test.extensions")
     test = _with_ids(test, spec)
-    read_sample_submission(spec, data_root, test["id"])
-    if spec.declares_aux_masks:
+    sample = read_sample_submission(spec, data_root, test["id"], task.rules)
+    if not task.masks_are_labels and spec.train.masks is not None:  # auxiliary masks, not the labels
         train = _with_aux_masks(train, spec.train, data_root)
-    heads, y = spec.task_type.label_classes(train, spec)
+    heads, y = task.rules.label_classes(train, spec)
     return Samples(train=train.reset_index(drop=True), test=test, heads=heads, y=y, data_root=data_root,
-                   skipped=skipped)
+                   skipped=skipped, sample=sample)
 
 
-def read_sample_submission(spec: "Competition", data_root: Path, test_ids: pd.Series) -> Optional[pd.DataFrame]:
+def read_sample_submission(spec: "Competition", data_root: Path, test_ids: pd.Series,
+                           rules: Any) -> Optional[pd.DataFrame]:
     """The sample submission, checked against the spec's columns and the test listing's ids; None
     when the spec names none. Read when the data is loaded, so a mismatch stops `validate`."""
     sub = spec.submission
@@ -75,7 +77,7 @@ def read_sample_submission(spec: "Competition", data_root: Path, test_ids: pd.Se
     if not path.is_file():
         raise SpecError(f"submission.sample: {path} does not exist: fix the path or drop the key")
     sample = pd.read_csv(path, dtype=str, keep_default_na=False)
-    columns = spec.task_type.submission_columns(spec) if sub.format == "csv" else list(sample.columns)
+    columns = rules.submission_columns(spec) if sub.format == "csv" else list(sample.columns)
     if list(sample.columns) != columns:
         raise SpecError(f"{path.name}: columns {list(sample.columns)} but the spec writes {columns}: "
                         "set submission.id_column / target_column (or columns) to match")

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..config.paths import Run
 from ..errors import SearchStopped, redact, shown_url
+from .loop import prepare_search
 
 GIB = 1024 ** 3
 MEMORY_PER_WORKER = 16 * GIB  # a trial's model, batches and resident images, with room to spare
@@ -108,8 +109,6 @@ def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: 
     """Prepare the study once, then run `workers` worker processes on it until it holds `trials`
     finished trials; their output is relayed, each line tagged with its worker. Raises SearchStopped
     naming the first worker that stopped with an error."""
-    from .loop import prepare_search
-
     prepare_search(run, echo)
     envs = worker_environments(workers, storage=run.storage_url)
     cmd = worker_command(run, competition, trials, timeout, quiet)

@@ -1,20 +1,23 @@
 """The search loop: run trials until the study holds `--trials` finished ones, or time runs out.
 
 Any number of workers may run it on one study at once (`workers.py`): the first makes what the
-study needs, and each starts a trial only while a slot of the `--trials` is free.
+study needs, and each starts a trial only while a slot of the `--trials` is free. The loop is
+Optuna's ask-and-tell: a slot claimed (`TrialSlots.claim`, Optuna's `ask`), the objective run while
+its heartbeat beats, its end told (value, PRUNED or FAIL), then the callbacks, as `Study.optimize`
+runs them.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
+import gc
 import os
 import signal
-import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import optuna
 from optuna.storages import RDBStorage
@@ -22,29 +25,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config.paths import Run
 from ..data.folds import save_folds
-from ..data.prepare import SearchData, check_trainable, prepare_data
+from ..data.prepare import SearchData, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from ..files import remove_leftovers
 from ..training.device import use_cpu_share
+from ..training.weights import check_trainable
 from .objective import Objective
 from .space import enqueue_recipes
 from .study import (FINISHED, backup_sqlite, check_fingerprint, connect, count_finished, open_study, retry_damaged,
                     retry_interrupted)
-from .workers import NoSlot, SlotStudy, creation_lock, slot_lock
+from . import record
+from .workers import NoSlot, TrialSlots, creation_lock, slot_lock
 
 MAX_FAILURES_IN_A_ROW = 3
-
-
-class _NoFailedTrialWarnings(logging.Filter):
-    """Optuna warns of each failed trial with its traceback; `echo` already says it in one line, and
-    the traceback is kept in the trial's error.txt."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return not (message.startswith("Trial ") and " failed with " in message)
-
-
-logging.getLogger("optuna.study._optimize").addFilter(_NoFailedTrialWarnings())
+Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
@@ -60,21 +54,20 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
             quiet: bool) -> optuna.Study:
     """`run_search`'s loop: a trial at a time while a slot of the `trials` is free."""
     data, study, storage = prepare_search(run, echo)
-    slots = SlotStudy(study, trials, slot_lock(storage, run))
+    slots = TrialSlots(study, storage, trials, slot_lock(storage, run))
     objective = Objective(run, data, echo, quiet)
     streak = _FailureStreak(echo)
+    callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo)]
     deadline = time.time() + timeout if timeout else None
     waiting = False
-    while (remaining := trials - count_finished(slots)) > 0 and not streak.tripped:
-        left = None if deadline is None else deadline - time.time()
-        if left is not None and left <= 0:
-            echo(f"timeout: {count_finished(slots)} of {trials} trials finished")
+    while count_finished(study) < trials and not streak.tripped:
+        if deadline is not None and time.time() >= deadline:
+            echo(f"timeout: {count_finished(study)} of {trials} trials finished")
             break
         try:
-            slots.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,),
-                           callbacks=[streak, _KeepBackup(run.storage_url, echo)], gc_after_trial=True)
+            _next_trial(slots, objective, callbacks)
         except NoSlot:
-            if count_finished(slots) >= trials:  # the other workers finished the last ones meanwhile
+            if count_finished(study) >= trials:  # the other workers finished the last ones meanwhile
                 break
             if not waiting:
                 echo(f"the last of the {trials} trials are running in other workers: waiting for them")
@@ -85,17 +78,52 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
             if objective.fault is None and not is_machine_fault(err):
                 raise
             raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
-        if objective.fault is not None:
+        if objective.fault is not None:  # the trial was told FAIL and marked interrupted: stop
             raise SearchStopped(objective.fault)
+    storage.remove_session()  # as `Study.optimize` ends
     if streak.tripped:
         raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
-    return slots
+    return study
+
+
+def _next_trial(slots: TrialSlots, objective: Objective, callbacks: List[Callback]) -> None:
+    """Claim a slot (`NoSlot` when none is free), run the objective in it, tell its end, then the
+    callbacks (as `Study.optimize(..., catch=(Exception,), gc_after_trial=True)` does)."""
+    try:
+        finished = _run_trial(slots, objective)
+    finally:
+        gc.collect()
+    for callback in callbacks:
+        callback(slots.study, finished)
+
+
+def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
+    """One trial, asked for and told: its value (COMPLETE, or FAIL if not a number), PRUNED, or FAIL
+    when the objective raised; Ctrl-C is raised again once the trial is told FAIL (the objective
+    marked it interrupted: it runs again next time)."""
+    trial = slots.claim()
+    value, state, stop = None, None, None
+    with slots.heartbeat(trial):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except Exception:  # noqa: BLE001 - the trial fails alone; its reason is on the trial
+            state = TrialState.FAIL
+        except KeyboardInterrupt as interrupt:
+            state, stop = TrialState.FAIL, interrupt
+    with warnings.catch_warnings():  # a value that is not a number fails the trial: the streak says so
+        warnings.simplefilter("ignore", UserWarning)
+        finished = slots.study.tell(trial, value, state=state)
+    if stop is not None:
+        raise stop
+    return finished
 
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study, RDBStorage]:
     """The prepared data, the study and its storage: made by the first worker, found by the others."""
     run.paths.check_ours()
-    ensure_writable(run.paths.root)
+    ensure_writable(run.paths.root, run.paths.write_probe())
     with creation_lock(run):
         remove_leftovers(run.paths.root, legacy=True)  # what a killed run left half-written (none of a live one's)
         return _create(run, echo)
@@ -105,7 +133,7 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
-    for line in check_trainable(run, data):
+    for line in check_trainable(run.spec.search, data.task, data.channels):
         echo(line)
     storage = connect(run.storage_url, run.spec.search.heartbeat)  # a bad --storage is said before decoding
     # Decode every image once now: a bad file is reported before any training starts.
@@ -116,29 +144,30 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
     run.remember_overrides()
     for name in enqueue_recipes(study, run, data):
         echo(f"recipe {name}: the first trial, within this search space")
-    for number in retry_interrupted(study):
+    for number in retry_interrupted(study, storage):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
     for number, damage in retry_damaged(study, run):
         echo(f"trial {number}: {damage}: it runs again with the same parameters (its whole folds are read back)")
     return data, study, storage
 
 
-def _wait_for_others(study: SlotStudy, run: Run, echo: Callable[[str], None]) -> None:
+def _wait_for_others(slots: TrialSlots, run: Run, echo: Callable[[str], None]) -> None:
     """Sleep a little, then fail the trials of workers that died (their heartbeat stopped, or their
     process on this host is gone) so that their retries can be claimed."""
     time.sleep(min(2.0, run.spec.search.heartbeat / 2))
-    optuna.storages.fail_stale_trials(study)
-    with study.lock():
-        for number in retry_interrupted(study):
+    optuna.storages.fail_stale_trials(slots.study)
+    with slots.lock():
+        for number in retry_interrupted(slots.study, slots.storage):
             echo(f"trial {number} was interrupted: it runs again with the same parameters")
 
 
-def ensure_writable(folder: Path) -> None:
-    """The run dir can be written (a probe file, made and removed), or one line says so."""
+def ensure_writable(folder: Path, probe: Path) -> None:
+    """The run dir can be written (`probe`, a file in it, made and removed), or one line says so."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+        with open(probe, "x"):
             pass
+        probe.unlink()
     except OSError as err:
         raise SpecError(f"run dir {folder}: cannot be written ({err.strerror or err}): choose another "
                         "--run-dir, or make it writable") from None
@@ -155,14 +184,12 @@ class _FailureStreak:
         return self.count >= MAX_FAILURES_IN_A_ROW
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("interrupted"):
+        if record.interrupted(trial):
             return  # stopped by a fault of the machine, said once by the search; it runs again
         if trial.state == TrialState.FAIL:
-            self.count += 1
-            self.reason = trial.user_attrs.get("fail_reason", "unknown")
+            self.count += 1  # the loop stops once `tripped`
+            self.reason = record.fail_reason(trial, "unknown")
             self.echo(f"trial {trial.number} failed: {self.reason}")
-            if self.tripped:
-                study.stop()
         else:
             self.count = 0
             value = "" if trial.state == TrialState.PRUNED else f": CV {trial.value:.4f}"

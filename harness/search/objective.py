@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import socket
 import time
 import traceback
 from dataclasses import asdict
@@ -26,9 +24,10 @@ from ..errors import fault_line, is_machine_fault
 from ..files import write_file
 from ..training.config import TrialConfig
 from ..training.device import device
-from ..training.fit import fit_fold
-from ..training.store import DamagedFold, FoldResult, artifact_owner, load_fold, pool_folds
+from ..training.fit import FoldData, FoldJob, fit_fold
+from ..training.store import DamagedFold, FoldResult, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
+from . import record
 from .progress import FoldProgress
 from .pruners import PRUNERS, fold_step, progress_step
 from .space import suggest_config
@@ -43,35 +42,31 @@ class Objective:
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        record.mark_process(trial)
         start = time.time()
         clock = PhaseClock(device())  # the trial's seconds by phase, whatever its end
         owner = trial.number  # until the storage says whose folds a retry reuses
         try:
             cfg = suggest_config(trial, self.run, self.data)
-            owner = artifact_owner(trial.study._storage.get_trial(trial._trial_id))
-            trial.set_user_attr("artifacts", owner)
+            owner = record.running_owner(trial)
+            record.set_artifacts(trial, owner)
             write_file(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner, clock)
             oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
             self._write_oof_csv(owner, oof)
             if len(self.data.task.heads) > 1:
-                trial.set_user_attr("head_scores", self.data.task.head_scores(self.data.y, oof))
+                record.set_head_scores(trial, self.data.task.head_scores(self.data.y, oof))
             return cv
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted: Ctrl-C")
-            trial.set_user_attr("interrupted", True)
+            record.mark_interrupted(trial, "Ctrl-C")
             raise
         except Exception as err:
             if is_machine_fault(err):  # not the trial's fault: stop, and run it again next time
                 self.fault = fault_line(err, self.run.storage_url, str(self.run.paths.trial_dir(owner)))
-                _quietly(trial.set_user_attr, "fail_reason", f"interrupted: {self.fault}")
-                _quietly(trial.set_user_attr, "interrupted", True)
-                trial.study.stop()
+                _quietly(record.mark_interrupted, trial, self.fault)  # the loop stops on `fault`
                 raise
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
             error_file = self.run.paths.trial_error(owner)
@@ -80,7 +75,7 @@ class Objective:
                 reason += f" (traceback: {error_file})"
             except OSError:  # a full disk, say: the reason still reaches the study
                 pass
-            trial.set_user_attr("fail_reason", reason)
+            record.set_fail_reason(trial, reason)
             raise
         finally:
             _quietly(_record_time, trial, clock, time.time() - start)
@@ -103,10 +98,11 @@ class Objective:
             if result is None:
                 progress = None if self.quiet else FoldProgress(self.echo, prefix, cfg.steps, cfg.metric)
                 try:
-                    result = fit_fold(cfg, self.data.task, images, self.data.y, np.flatnonzero(fold != k),
-                                      np.flatnonzero(fold == k), test_images, k, out,
-                                      self._eval_reporter(trial, cfg, k, progress),
-                                      record={"test_hash": self.data.test_hash}, aux_masks=aux_masks, clock=clock)
+                    fold_data = FoldData(images, self.data.y, np.flatnonzero(fold != k),
+                                         np.flatnonzero(fold == k), test_images, aux_masks)
+                    result = fit_fold(cfg, self.data.task, fold_data, FoldJob(
+                        k, out, self._eval_reporter(trial, cfg, k, progress),
+                        record={"test_hash": self.data.test_hash}, clock=clock))
                 finally:
                     if progress is not None:
                         progress.close()
@@ -115,9 +111,7 @@ class Objective:
                 self.echo(f"{prefix}: {cfg.metric} {result.score:.4f}" + (
                     " (reused from disk)" if result.reused else
                     f" (weights of step {result.kept_step}, {result.seconds:.0f} s)"))
-            trial.set_user_attr("fold_scores", [r.score for r in results])
-            trial.set_user_attr(f"fold{k + 1}", result.score)  # one number each: a dashboard sorts by it
-            trial.set_user_attr("reused_folds", [r.fold for r in results if r.reused])
+            record.set_folds(trial, [r.score for r in results], [r.fold for r in results if r.reused])
             self._report_fold(trial, results)
         return results
 
@@ -161,7 +155,7 @@ class Objective:
     def _prune(self, trial: optuna.Trial, where: str, value: float, step: int) -> None:
         """Stop the trial, saying at what progress and against what (stored as `pruned`, shown by status)."""
         reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(trial.study, trial.number, step)
-        trial.set_user_attr("pruned", reason)
+        record.set_pruned(trial, reason)
         raise optuna.TrialPruned(reason)
 
 
@@ -169,10 +163,7 @@ def _record_time(trial: optuna.Trial, clock: PhaseClock, seconds: float) -> None
     """The trial's seconds by phase (a pruned or failed trial's too: a search spends them), the share
     of its wall-clock that ran the model (`busy`) and the training images it stepped through."""
     timing = summed([clock.seconds])
-    trial.set_user_attr("seconds", round(seconds, 1))
-    trial.set_user_attr("timing", timing)
-    trial.set_user_attr("busy", busy_share(timing, seconds))
-    trial.set_user_attr("images_trained", clock.images)
+    record.set_time(trial, round(seconds, 1), timing, busy_share(timing, seconds), clock.images)
 
 
 def against(study: optuna.Study, number: int, step: int) -> str:

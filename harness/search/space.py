@@ -9,9 +9,10 @@ from ..config.paths import Run
 from ..data.prepare import SearchData
 from ..training.config import TrialConfig
 from ..training.device import default_workers
-from ..training.models import MASK_SCORE_WEIGHT
+from ..training.models import choose_model
 from ..training.recipes import RECIPES, projected, recipe_names
 from ..training.weights import resolve_weights
+from . import record
 
 
 def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
@@ -19,16 +20,9 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     s = run.spec.search
     heads = data.task.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
-    backbone, family = data.task.suggest_model(trial, s, data.channels)
-    if family == "smp_mask_score":
-        aux_weight = MASK_SCORE_WEIGHT  # the masks are what this family learns from
-    elif run.spec.searches_aux_head:
-        aux_weight = trial.suggest_categorical("aux_weight", s.aux_weight)
-        family = "timm_aux_mask" if aux_weight else family
-    else:
-        aux_weight = 0.0
+    model = choose_model(trial, run.spec, data.task, data.channels)
     return TrialConfig(
-        backbone=backbone, model_family=family,
+        backbone=model.name, model_family=model.family,
         image_size=trial.suggest_categorical("image_size", s.image_size),
         augment=trial.suggest_categorical("augment", s.augment),
         loss=[trial.suggest_categorical(name, s.loss) for name in loss_names],
@@ -37,11 +31,11 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
         batch_size=trial.suggest_categorical("batch_size", s.batch_size),
         steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience, keep=s.keep,
-        pretrained=resolve_weights(s.pretrained, backbone), tta=s.tta, seed=run.spec.seed,
+        pretrained=resolve_weights(s.pretrained, model.name), tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.task.width,
         num_workers=default_workers() if s.num_workers is None else s.num_workers,
-        augment_on=s.augment_on, compile=s.compile, aux_weight=aux_weight,
+        augment_on=s.augment_on, compile=s.compile, aux_weight=model.aux_weight,
     )
 
 
@@ -51,7 +45,7 @@ def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData) -> List[str
         return []
     names = recipe_names(run.spec)
     for name in names:
-        study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data), user_attrs={"recipe": name})
+        study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data), user_attrs=record.recipe_attrs(name))
     return names
 
 

@@ -33,8 +33,10 @@ from ..config.spec import to_dict
 from ..data.prepare import SearchData
 from ..errors import SpecError, backup_of, damage, damaged_line, shown_url, sqlite_file, storage_error_line
 from ..files import process_alive, temporary_path
+from ..tasks import task_type
 from ..training.config import HOW_FIELDS
-from ..training.store import artifact_owner, first_damage, latest_per_folder
+from ..training.store import first_damage
+from . import record
 from .pruners import PRUNERS
 from .workers import worker_seed
 
@@ -46,26 +48,33 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> optuna.Study:
-    """The run's study (`create`: made if new); `storage`, when the caller has connected already."""
+    """The run's study: `create`, made if new (what `search` does, with --storage remembered), else
+    only read (`read_study`). `storage`, when the caller has connected already."""
+    return create_study(run, storage) if create else read_study(run, storage)
+
+
+def read_study(run: Run, storage: Optional[RDBStorage] = None) -> optuna.Study:
+    """The run's existing study, opened without writing anything: `status`, `submit`, `report` and
+    `predict` only read the storage (a missing SQLite file is not created)."""
     shown = shown_url(run.storage_url)
-    missing = SpecError(f"no study {run.study_name!r} in {shown}: run `harness search` first")
     db_file = sqlite_file(run.storage_url)
-    if not create and db_file is not None and not db_file.is_file():  # opening it would create an empty database
+    if db_file is not None and not db_file.is_file():  # opening it would create an empty database
         where = db_file.parent if not db_file.parent.is_dir() else db_file
         raise SpecError(f"no study {run.study_name!r}: {where} does not exist (storage {shown}): check "
                         "--run-dir and --storage, or run `harness search` first")
-    if create:
-        run.paths.root.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.load_study(study_name=run.study_name,
+                                 storage=storage or connect(run.storage_url, run.spec.search.heartbeat))
+    except KeyError:
+        raise SpecError(f"no study {run.study_name!r} in {shown}: run `harness search` first") from None
+
+
+def create_study(run: Run, storage: Optional[RDBStorage] = None) -> optuna.Study:
+    """The run's study, made if new, with its direction, pruner and this worker's sampler; --storage
+    is remembered in the run dir once it connected."""
+    run.paths.root.mkdir(parents=True, exist_ok=True)
     storage = storage or connect(run.storage_url, run.spec.search.heartbeat)
-    direction = run.spec.metrics.get(run.spec.metric).direction
-    if not create:
-        try:
-            study = optuna.load_study(study_name=run.study_name, storage=storage)
-        except KeyError:
-            raise missing from None
-        if run.paths.root.is_dir():
-            run.remember_storage()
-        return study
+    direction = task_type(run.spec).metrics.get(run.spec.metric).direction
     run.remember_storage()
     study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
                                 direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)(run.spec.search))
@@ -80,32 +89,42 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def retry_interrupted(study: optuna.Study) -> List[int]:
+def retry_interrupted(study: optuna.Study, storage: RDBStorage) -> List[int]:
     """Enqueue again, with the same parameters, trials cut short by Ctrl-C or by a process that died.
 
-    A Ctrl-C'd trial is already FAIL (Optuna records it so) and marked `interrupted`; a killed one
+    A Ctrl-C'd trial is already FAIL (the search tells it so) and marked `interrupted`; a killed one
     is still RUNNING with the pid of a process on this host that is gone, and is failed here.
     """
     host, numbers = socket.gethostname(), []
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_source") for t in trials}
+    retried = record.retried_sources(trials)
     for t in trials:
         if t.number in retried or t.state not in (TrialState.RUNNING, TrialState.FAIL):
             continue
         if t.state == TrialState.RUNNING:
-            pid = t.user_attrs.get("pid")
-            if t.user_attrs.get("host") != host or (pid != os.getpid() and process_alive(pid)):
+            owner_host, pid = record.process_of(t)
+            if owner_host != host or (pid != os.getpid() and process_alive(pid)):
                 continue  # alive, or another machine's: Optuna's heartbeat retries those
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: process {pid} ended")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
+            if not _fail_dead(study, storage, t.number, f"interrupted: process {pid} ended"):
                 continue  # failed meanwhile by a heartbeat check, which retries it
-        elif not t.user_attrs.get("interrupted"):
+        elif not record.interrupted(t):
             continue  # a real failure: retrying would fail again
-        study.enqueue_trial(t.params, user_attrs={"retry_of": artifact_owner(t), "retry_source": t.number})
+        study.enqueue_trial(t.params, user_attrs=record.retry_attrs(record.artifact_owner(t), t.number))
         numbers.append(t.number)
     return numbers
+
+
+def _fail_dead(study: optuna.Study, storage: RDBStorage, number: int, reason: str) -> bool:
+    """Fail the RUNNING trial `number` of a process that is gone, with `reason`; False when it was
+    finished meanwhile (a heartbeat check failed it, and retries it)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               number)
+    try:
+        storage.set_trial_user_attr(trial_id, record.FAIL_REASON, reason)
+        study.tell(number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        return False
+    return True
 
 
 def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
@@ -113,12 +132,12 @@ def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
     (cut off, edited, removed): the retry trains those folds again in the same folder and reads the
     whole ones back. Returns (trial, the damaged file's line) of each."""
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_source") for t in trials}
+    retried = record.retried_sources(trials)
     out = []
-    for owner, t in latest_per_folder([t for t in trials if t.state == TrialState.COMPLETE]).items():
+    for owner, t in record.latest_per_folder([t for t in trials if t.state == TrialState.COMPLETE]).items():
         damage = None if t.number in retried else first_damage(run.paths, owner, run.spec.folds)
         if damage is not None:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": owner, "retry_source": t.number})
+            study.enqueue_trial(t.params, user_attrs=record.retry_attrs(owner, t.number))
             out.append((t.number, damage.line(run.paths.root)))
     return out
 
@@ -135,9 +154,9 @@ def _fingerprint(run: Run, data: SearchData) -> dict:
 def check_fingerprint(study: optuna.Study, run: Run, data: SearchData) -> None:
     """A study keeps one search space, data and fold split; a change needs a new run directory."""
     now = json.loads(json.dumps(_fingerprint(run, data), default=str))
-    before = study.user_attrs.get("fingerprint")
+    before = record.fingerprint(study)
     if before is None:
-        study.set_user_attr("fingerprint", now)
+        record.set_fingerprint(study, now)
         return
     for key in now:
         if key == "search":

@@ -6,11 +6,13 @@ directory and a PostgreSQL storage) may run on one study at once:
 - `creation_lock`: an exclusive file lock in the run directory around everything a search makes
   before its first trial (prepared data, decoded-image cache, folds.csv, storage schema, study,
   recipes, retries). The first worker makes them; the others find them made.
-- `SlotStudy.ask`: a worker starts a trial only while the study holds fewer than `--trials`
-  trials that are finished or running, counted under `slot_lock` (a PostgreSQL advisory lock on
-  the study's server, else a file lock beside the SQLite file or in the run directory). So the
-  study ends with exactly `--trials` finished ones; a worker finding none left waits while others
-  run the last ones, since a trial that fails frees its slot.
+- `TrialSlots.claim`: a worker starts a trial (Optuna's `ask`) only while the study holds fewer
+  than `--trials` trials that are finished or running, counted under `slot_lock` (a PostgreSQL
+  advisory lock on the study's server, else a file lock beside the SQLite file or in the run
+  directory). So the study ends with exactly `--trials` finished ones; a worker finding none left
+  waits while others run the last ones, since a trial that fails frees its slot.
+- `TrialSlots.heartbeat`: while a claimed trial runs, a thread records its heartbeat every
+  `search.heartbeat` seconds, as `Study.optimize` would (the loop is ask-and-tell, `loop.py`).
 
 Optuna's RDB storage is the distributed engine; a trial of a worker that died is failed by its
 heartbeat and retried with the same parameters (`study.connect`).
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
+import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Iterator
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from ..config.paths import Run
+from ..config.paths import Run, sqlite_lock
+from . import record
 
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -50,7 +55,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def creation_lock(run: Run) -> ContextManager[None]:
     """Held while a worker makes what the study needs before its first trial."""
-    return file_lock(run.paths.root / ".create.lock")
+    return file_lock(run.paths.create_lock)
 
 
 @contextlib.contextmanager
@@ -73,33 +78,71 @@ def slot_lock(storage: RDBStorage, run: Run) -> Callable[[], ContextManager[None
     if storage.engine.dialect.name == "postgresql":
         return lambda: advisory_lock(storage, f"harness:{run.study_name}")
     url = storage.engine.url
-    beside = Path(f"{url.database}.lock") if url.get_backend_name() == "sqlite" and url.database else None
-    return lambda: file_lock(beside or run.paths.root / ".slots.lock")
+    beside = sqlite_lock(Path(url.database)) if url.get_backend_name() == "sqlite" and url.database else None
+    return lambda: file_lock(beside or run.paths.slots_lock)
 
 
-class SlotStudy(optuna.Study):
-    """A study whose `ask` claims one of `target` slots under `lock`, or raises `NoSlot`."""
+class TrialSlots:
+    """The `target` trial slots of a study: `claim` asks Optuna for a trial under `lock` while one is
+    free (else raises `NoSlot`); `heartbeat` keeps a claimed trial's heartbeat beating."""
 
-    def __init__(self, study: optuna.Study, target: int, lock: Callable[[], ContextManager[None]]) -> None:
-        super().__init__(study_name=study.study_name, storage=study._storage, sampler=study.sampler,
-                         pruner=study.pruner)
-        self.target, self.lock = target, lock
+    def __init__(self, study: optuna.Study, storage: RDBStorage, target: int,
+                 lock: Callable[[], ContextManager[None]]) -> None:
+        self.study, self.storage, self.target, self.lock = study, storage, target, lock
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+
+    @property
+    def beats(self) -> bool:
+        return self.storage.get_heartbeat_interval() is not None
 
     def claimed(self) -> int:
         """Trials finished or running: the slots taken."""
-        return len(self.get_trials(deepcopy=False, states=CLAIMED))
+        return len(self.study.get_trials(deepcopy=False, states=CLAIMED))
 
-    def ask(self, fixed_distributions: Optional[dict] = None) -> Any:
+    def claim(self) -> optuna.Trial:
+        """A new trial (an enqueued one first), counted against `target`; fails the trials whose
+        heartbeat stopped first, as `Study.optimize` does before each trial (their retries are
+        enqueued by the storage's callback)."""
+        if self.beats:
+            optuna.storages.fail_stale_trials(self.study)
         with self.lock():
             if self.claimed() >= self.target:
                 raise NoSlot
-            return super().ask(fixed_distributions)
+            with warnings.catch_warnings():  # Optuna warns that heartbeats need `optimize`: `heartbeat` beats
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                return self.study.ask()
+
+    @contextlib.contextmanager
+    def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
+        """Record `trial`'s heartbeat now and every heartbeat interval until the block ends."""
+        if not self.beats:
+            yield
+            return
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        stop = threading.Event()
+        beater = threading.Thread(target=_beat, args=(self.storage, trial_id, stop), daemon=True,
+                                  name=f"heartbeat of trial {trial.number}")
+        beater.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beater.join()
+
+
+def _beat(storage: RDBStorage, trial_id: int, stop: threading.Event) -> None:
+    interval = storage.get_heartbeat_interval()
+    while True:
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception:  # noqa: BLE001 - a storage hiccup: the trial itself meets a lasting fault
+            pass
+        if stop.wait(timeout=interval):
+            return
 
 
 def worker_seed(study: optuna.Study, seed: int) -> int:
     """The sampler seed of this worker: the spec's for the first worker of a fresh study, another
     for each later start (a resume, or a second worker), so that workers started together draw
     different trials and a single-worker fresh study repeats itself. Call under `creation_lock`."""
-    starts = int(study.user_attrs.get("worker_starts", 0))
-    study.set_user_attr("worker_starts", starts + 1)
-    return seed + 7919 * starts
+    return seed + 7919 * record.count_worker_start(study)

@@ -1,27 +1,25 @@
 """Submission formats (`harness list formats`): the ensemble's test predictions → the competition's file.
 
-A format is one registered function `(run, data, proba, thresholds, stage) -> str` that writes
-`<run-dir>/<submission.file>` through `stage` (`files.Staged`: it lands with the ensemble and the
+A format is one registered function `(spec, out, data, proba, thresholds, stage) -> str` that writes
+`out` (`<run-dir>/<submission.file>`) through `stage` (`files.Staged`: it lands with the ensemble and the
 report, or not at all) and says what it wrote; `masks` says whether it writes masks
-(segmentation) or a table of labels. The task's `check_spec` pairs tasks with formats.
+(segmentation) or a table of labels. The preflight pairs tasks with formats (`masks`).
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict
+from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import pandas as pd
 
 from ..data.masks import read_volume, rle_encode
-from ..data.samples import read_sample_submission
 from ..errors import SpecError
 from ..files import Staged
 from ..registry import Registry
 
 if TYPE_CHECKING:
-    from ..config.paths import Run
     from ..config.spec import Competition
     from ..data.prepare import SearchData
     from ..tasks.base import Task
@@ -30,24 +28,23 @@ FORMATS = Registry("submission format")
 
 
 @FORMATS.register("csv", masks=False)
-def csv_table(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+def csv_table(spec: "Competition", out: Path, data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
               stage: Staged) -> str:
     """A csv of ids and labels (or probabilities), in the sample submission's order when there is one."""
-    out = _target(run)
-    frame = submission_frame(run.spec, data.task, data.samples.test["id"], proba, thresholds)
-    frame = check_submission(frame, run.spec, run.data_root, len(data.samples.test))
+    frame = submission_frame(spec, data.task, data.samples.test["id"], proba, thresholds)
+    frame = check_submission(frame, spec, data.samples.sample, len(data.samples.test))
     stage.write(out, frame.to_csv(index=False))
     return f"{out} ({len(frame)} rows)"
 
 
 @FORMATS.register("tiff", masks=True)
-def tiff_volume(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+def tiff_volume(spec: "Competition", out: Path, data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
                 stage: Staged) -> str:
     """One multi-page TIFF, a page per test image (the test volume's shape)."""
     import tifffile
 
-    out, test = _target(run), data.samples.test
-    pixels, values = _mask_pixels(run.spec, data.task.labels(proba, thresholds))
+    test = data.samples.test
+    pixels, values = _mask_pixels(spec, data.task.labels(proba, thresholds))
     volume = read_volume(test["path"].iloc[0]) if "page" in test and test["page"].notna().all() else None
     if volume is not None and volume.shape[:3] != pixels.shape:
         raise SpecError(f"submission: masks of shape {pixels.shape}, the test volume is {volume.shape[:3]}")
@@ -58,13 +55,12 @@ def tiff_volume(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: D
 
 
 @FORMATS.register("png_folder", masks=True)
-def png_folder(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
+def png_folder(spec: "Competition", out: Path, data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float],
                stage: Staged) -> str:
     """A folder of PNG masks named after the test ids (the folder is replaced whole)."""
     from PIL import Image
 
-    out = _target(run)
-    pixels, values = _mask_pixels(run.spec, data.task.labels(proba, thresholds))
+    pixels, values = _mask_pixels(spec, data.task.labels(proba, thresholds))
     folder = stage.folder(out)
     for name, mask in zip(data.samples.test["id"], pixels):
         file = folder / f"{name}.png"
@@ -76,9 +72,9 @@ def png_folder(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Di
 
 
 @FORMATS.register("rle_csv", masks=True)
-def rle_csv(run: "Run", data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float], stage: Staged) -> str:
+def rle_csv(spec: "Competition", out: Path, data: "SearchData", proba: np.ndarray, thresholds: Dict[str, float], stage: Staged) -> str:
     """Kaggle's run-length encoded masks: a csv of ids and RLE strings."""
-    out, sub = _target(run), run.spec.submission
+    sub = spec.submission
     masks = data.task.labels(proba, thresholds)
     frame = pd.DataFrame({sub.id_column: data.samples.test["id"].to_numpy(),
                           sub.target_column: [rle_encode(m) for m in masks]})
@@ -95,7 +91,7 @@ def submission_frame(spec: "Competition", task: "Task", ids: pd.Series, proba: n
         frame[sub.target_column] = proba[:, task.heads[0].cols][:, 1]
         return frame
     labels = task.labels(proba, thresholds)
-    columns = spec.task_type.submission_columns(spec)[1:]  # a combined column, if any, comes after the heads
+    columns = task.rules.submission_columns(spec)[1:]  # a combined column, if any, comes after the heads
     for i, (head, column) in enumerate(zip(task.heads, columns)):
         frame[column] = np.asarray(head.classes, dtype=object)[labels[:, i]]
     if sub.combined_column:
@@ -104,21 +100,18 @@ def submission_frame(spec: "Competition", task: "Task", ids: pd.Series, proba: n
     return frame
 
 
-def check_submission(frame: pd.DataFrame, spec: "Competition", data_root: Path, n_test: int) -> pd.DataFrame:
-    """Ids, columns and row count against the sample submission (reordered to it) or the test listing."""
+def check_submission(frame: pd.DataFrame, spec: "Competition", sample: Optional[pd.DataFrame],
+                     n_test: int) -> pd.DataFrame:
+    """Ids, columns and row count against the sample submission (reordered to it; its ids and columns
+    were checked when the data was loaded) or the test listing."""
     sub = spec.submission
     if frame.isna().any().any():
         raise SpecError("submission has empty predictions")
-    sample = read_sample_submission(spec, data_root, frame[sub.id_column])
     if sample is not None:
         frame = frame.set_index(sub.id_column).loc[sample[sub.id_column]].reset_index()
     elif len(frame) != n_test or frame[sub.id_column].duplicated().any():
         raise SpecError(f"submission has {len(frame)} rows / duplicate ids for {n_test} test images")
     return frame
-
-
-def _target(run: "Run") -> Path:
-    return run.paths.submission(run.spec.submission.file)
 
 
 def _mask_pixels(spec: "Competition", masks: np.ndarray):

@@ -16,10 +16,11 @@ import optuna
 import pandas as pd
 
 from ..data.images import load_resized
+from ..data.masks import load_native
 from ..files import Staged
-from ..training.store import artifact_owner
+from ..search.record import artifact_owner
 from . import figures as fig
-from .report import cutoff_text, data_summary, leaderboard
+from .report import cutoff_text, data_summary, head_arrays, leaderboard
 
 if TYPE_CHECKING:
     from ..config.paths import Run
@@ -73,7 +74,7 @@ def _heads_section(run: "Run", data: "SearchData", ens: "Ensemble", head_figures
     parts = []
     labels = data.task.labels(ens.oof, ens.thresholds)
     worst = _worst_examples(run, data, ens.oof, labels)
-    for head, truth, predicted, scores in data.task.report_arrays(data.y, ens.oof, labels):
+    for head, truth, predicted, scores in head_arrays(data.task, data.y, ens.oof, labels):
         f = head_figures[head.name]
         parts.append(f"<h2>{html.escape(head.name)}</h2>")
         if not data.task.masks_are_labels:
@@ -111,8 +112,6 @@ def _worst_examples(run: "Run", data: "SearchData", oof: np.ndarray,
 
 
 def _worst_masks(data: "SearchData", oof: np.ndarray, names: np.ndarray) -> Tuple[list, List[str], str]:
-    from ..data.masks import load_native
-
     metric = data.task.heads[0].metric
     scores = data.task.oof_frame(data.y, oof)[metric].to_numpy()
     rows = np.argsort(scores, kind="stable")[:WORST // 2]

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ..config.paths import Run
-from ..data.prepare import SearchData, prepare_data
+from ..data.prepare import SearchData, model_images, prepare_data
 from ..errors import SpecError
 from ..files import write_file
-from ..search.study import open_study
+from ..search.record import artifact_owner
+from ..search.study import read_study
 from ..training.predict import predict_from_checkpoint
-from ..training.store import DamagedFold, artifact_owner, load_trial_config, load_trial_folds, pool_folds
+from ..training.store import DamagedFold, load_trial_config, load_trial_folds, pool_folds
 from .formats import submission_frame
 
 
@@ -86,7 +87,7 @@ def _ensemble_record(run: Run) -> dict:
 
 def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:
     """Each trial's folder: a retried trial's folds are its original's."""
-    trials = {t.number: t for t in open_study(run, create=False).get_trials(deepcopy=False)}
+    trials = {t.number: t for t in read_study(run).get_trials(deepcopy=False)}
     missing = [n for n in numbers if n not in trials]
     if missing:
         raise SpecError(f"{run.paths.ensemble_json}: trial {missing[0]} is not in the study: run `harness "
@@ -102,7 +103,7 @@ def _trial_proba(run: Run, data: SearchData, owner: int, frame: pd.DataFrame) ->
         if folds is None:
             raise SpecError(f"{run.paths.trial_dir(owner)}: a fold of this ensemble member is missing: run "
                             "`harness submit` again to choose among the trials still on disk")
-        images = data.task.load_images(frame, cfg.image_size, data.channels, None)
+        images = model_images(data.task, frame, cfg.image_size, data.channels, None)
         tests = [predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, f.fold), images) for f in folds]
     except DamagedFold as err:
         raise SpecError(f"{err.line()}: run `harness submit` again to choose among the trials whose files are "

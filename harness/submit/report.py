@@ -2,7 +2,7 @@
 confusion matrices and cut-offs (report.html is `page.py`)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
 import optuna
@@ -14,31 +14,34 @@ from ..config.paths import RunPaths
 from ..data.images import probe_images
 from ..data.prepare import SearchData
 from ..files import Staged
-from ..training.store import artifact_owner
+from ..search import record
 from .ensemble import Ensemble
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 
 def leaderboard(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, CV, fold scores, params, duration, busy share, note; best CV first."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        folds = t.user_attrs.get("fold_scores", [])
-        note = t.user_attrs.get("fail_reason", "") or t.user_attrs.get("pruned", "")
-        if t.user_attrs.get("recipe"):
-            note = (note + f" recipe {t.user_attrs['recipe']}").strip()
-        if artifact_owner(t) != t.number:  # after a Ctrl-C, a kill or a stopped heartbeat
-            note = (note + f" retry of #{artifact_owner(t)}").strip()
-        if t.user_attrs.get("reused_folds"):
-            note = (note + f" reused folds {t.user_attrs['reused_folds']}").strip()
+        folds = record.fold_scores(t)
+        note = record.fail_reason(t) or record.pruned_reason(t)
+        if record.recipe(t):
+            note = (note + f" recipe {record.recipe(t)}").strip()
+        if record.artifact_owner(t) != t.number:  # after a Ctrl-C, a kill or a stopped heartbeat
+            note = (note + f" retry of #{record.artifact_owner(t)}").strip()
+        if record.reused_folds(t):
+            note = (note + f" reused folds {record.reused_folds(t)}").strip()
         seconds = t.duration.total_seconds() if t.duration else None
-        heads = {f"cv.{h}": v for h, v in t.user_attrs.get("head_scores", {}).items()}
+        heads = {f"cv.{h}": v for h, v in record.head_scores(t).items()}
         rows.append({
             "trial": t.number, "state": t.state.name.lower(),
             "cv": t.value if t.state == TrialState.COMPLETE else np.nan, **heads,
             "folds": " ".join(f"{s:.3f}" for s in folds),
             **{k: _short(v) for k, v in t.params.items()},
             "seconds": round(seconds, 1) if seconds is not None else None,
-            "busy": t.user_attrs.get("busy"), "note": note,  # share of the seconds that ran the model
+            "busy": record.busy(t), "note": note,  # share of the seconds that ran the model
         })
     table = pd.DataFrame(rows)
     if table.empty:
@@ -53,7 +56,7 @@ def data_summary(data: SearchData) -> str:
     train_probe = probe_images(s.train["path"].unique().tolist())
     test_probe = probe_images(s.test["path"].unique().tolist())
     lines = [f"data root: {s.data_root}"]
-    lines += data.task.summary_lines(s, data.y)
+    lines += label_summary(data)
     if "aux_mask" in s.train:
         has = s.train["aux_mask"] != ""
         by_class = s.train.loc[has, "label"].value_counts()
@@ -83,11 +86,36 @@ def _short(value):
     return f"{value:.2e}" if isinstance(value, float) else value
 
 
+def label_summary(data: SearchData) -> List[str]:
+    """The listings' sizes and what their labels hold: class counts per head, or the masks' positive share."""
+    s, y, task = data.samples, data.y, data.task
+    if task.masks_are_labels:
+        return [f"train: {len(s.train)} images with masks; test: {len(s.test)} images",
+                f"masks: {y.shape[1]}x{y.shape[2]}, positive pixels {y.mean():.1%}"]
+    if len(task.heads) == 1:
+        counts = s.train["label"].value_counts().reindex(s.classes)
+        return [f"train: {len(s.train)} images, {len(s.classes)} classes; test: {len(s.test)} images",
+                "classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())]
+    lines = [f"train: {len(s.train)} images, {len(task.heads)} heads; test: {len(s.test)} images"]
+    for i, head in enumerate(task.heads):
+        counts = np.bincount(y[:, i], minlength=len(head.classes))
+        lines.append(f"{head.name}: " + ", ".join(f"{c} {n}" for c, n in zip(head.classes, counts)))
+    return lines
+
+
+def head_arrays(task: "Task", y: np.ndarray, oof: np.ndarray, labels: np.ndarray) -> list:
+    """(head, true, predicted, positive-class scores or None) per head, for confusion matrices and ROC:
+    a mask's pixels are its samples."""
+    if task.masks_are_labels:
+        return [(task.heads[0], y.ravel(), labels.ravel(), None)]
+    return [(h, y[:, i], labels[:, i], oof[:, h.cols][:, 1] if h.binary else None) for i, h in enumerate(task.heads)]
+
+
 def oof_report(paths: RunPaths, data: SearchData, ens: Ensemble, stage: Staged) -> Dict[str, dict]:
     """Per head: the ensemble's OOF confusion matrix (class names on both axes) and, for a binary
     head, its cut-off with sensitivity and specificity. Writes confusion_matrix*.csv (through `stage`)."""
     labels = data.task.labels(ens.oof, ens.thresholds)
-    arrays = data.task.report_arrays(data.y, ens.oof, labels)
+    arrays = head_arrays(data.task, data.y, ens.oof, labels)
     out = {}
     for head, truth, predicted, scores in arrays:
         tag = None if len(arrays) == 1 else head.name

@@ -1,6 +1,7 @@
 """Finished trials → ensemble → test predictions → a checked submission file in the declared format."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable, List, Tuple
@@ -12,11 +13,11 @@ from optuna.trial import TrialState
 from ..config.paths import Run
 from ..data.prepare import SearchData, prepare_data
 from ..errors import SpecError
-from ..files import Staged, remove_leftovers
-from ..search.study import open_study
-from ..training.predict import predict_from_checkpoint
-from ..training.store import (DamagedFold, FoldResult, latest_per_folder, load_trial_config, load_trial_folds,
-                              pool_folds)
+from ..files import Staged
+from ..search.record import latest_per_folder
+from ..search.study import read_study
+from ..training.predict import trial_predictions
+from ..training.store import DamagedFold, pool_folds
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .page import write_report
@@ -27,7 +28,7 @@ def run_ensemble(run: Run, echo: Callable[[str], None] = print
                  ) -> Tuple[SearchData, optuna.Study, List[TrialPredictions], Ensemble]:
     """The prepared data, the study, every complete trial's predictions and their greedy ensemble."""
     data = prepare_data(run)
-    study = open_study(run, create=False)
+    study = read_study(run)
     preds = load_trial_predictions(run, study, data, echo)
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
@@ -38,11 +39,11 @@ def run_ensemble(run: Run, echo: Callable[[str], None] = print
 def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     """Write `<run-dir>/<submission.file>`, `ensemble.json` and report.html, all or none of them (a
     full disk half-way leaves the previous ones as they were); returns the submission's path."""
-    remove_leftovers(run.paths.root, legacy=True)
     data, study, preds, ens = run_ensemble(run, echo)
     test = ens.blend({p.number: p.test for p in preds})
-    with Staged() as stage:
-        written = FORMATS.get(run.spec.submission.format)(run, data, test, ens.thresholds, stage)
+    out = run.paths.submission(run.spec.submission.file)
+    with Staged(into=run.paths.root) as stage:  # what a killed submit left half-written is removed first
+        written = FORMATS.get(run.spec.submission.format)(run.spec, out, data, test, ens.thresholds, stage)
         figures = oof_report(run.paths, data, ens, stage)
         record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
                                                           for h, f in figures.items()}}
@@ -52,14 +53,14 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     for line in summary + oof_lines(figures):
         echo(line)
     echo(f"wrote {written} and {run.paths.report_html}")
-    return run.paths.submission(run.spec.submission.file)
+    return out
 
 
 def make_report(run: Run, echo: Callable[[str], None] = print) -> Path:
     """Write report.html (and the confusion matrices) of the ensemble `submit` would choose now;
     the submission and ensemble.json are left as they are."""
     data, study, preds, ens = run_ensemble(run, echo)
-    with Staged() as stage:
+    with Staged(into=run.paths.root) as stage:
         write_report(run, data, study, ens, _summary(run, data, preds, ens), oof_report(run.paths, data, ens, stage),
                      stage)
     echo(f"wrote {run.paths.report_html}")
@@ -92,15 +93,16 @@ def load_trial_predictions(run: Run, study, data: SearchData,
     or whose files are damaged, is left out, in a line."""
     preds, damaged = [], []
     n_train = len(data.samples.train)
+    test_images = functools.partial(data.test_images, cache=run.paths.cache_dir)
     for owner, t in latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).items():
         try:
-            folds = load_trial_folds(run.paths, owner, run.spec.folds)
-            if folds is None:
-                continue  # its files were removed by hand: skip rather than guess
-            tests = [_test_predictions(run, data, owner, f) for f in folds]
+            found = trial_predictions(run.paths, owner, run.spec.folds, data.task, data.test_hash, test_images)
         except DamagedFold as err:
             damaged.append(f"trial {t.number} left out: {err.line(run.paths.root)}")
             continue
+        if found is None:
+            continue  # its files were removed by hand: skip rather than guess
+        folds, tests = found
         # checked before pooling: percentiles of NaN scores would look finite
         if not all(np.isfinite(f.oof).all() and np.isfinite(test).all() for f, test in zip(folds, tests)):
             echo(f"trial {t.number} left out: its predictions are not finite (the model diverged)")
@@ -112,16 +114,6 @@ def load_trial_predictions(run: Run, study, data: SearchData,
     for line in damaged:
         echo(f"{line}; `harness search --trials {finished + len(damaged)}` trains its damaged folds again")
     return preds
-
-
-def _test_predictions(run: Run, data: SearchData, owner: int, fold: FoldResult) -> np.ndarray:
-    """The fold's stored test predictions, or fresh ones from its checkpoint if the test set changed;
-    DamagedFold when the checkpoint (or the trial's config.json) this needs is not whole."""
-    if fold.test_hash == data.test_hash:
-        return fold.test
-    cfg = load_trial_config(run.paths, owner)
-    images = data.task.load_images(data.samples.test, cfg.image_size, data.channels, run.paths.cache_dir)
-    return predict_from_checkpoint(cfg, data.task, run.paths.fold(owner, fold.fold), images)
 
 
 def _ensemble_record(ens: Ensemble, run: Run) -> dict:

@@ -1,27 +1,26 @@
-"""The task interface: what the fold loop, the search, the ensemble and the report call.
+"""The task interface: what a model predicts and how it is scored.
 
 A task is one class registered by name in `TASKS` (`harness list tasks`), as Optuna keeps one
-pruner behind `BasePruner`. The class answers for the spec (`check_spec`: its metrics, losses,
-heads and submission formats), for the data (`label_classes`: the classes found in the listing;
-`build`: the task object and its labels) and, as an instance, for training and scoring (the
-`Task` protocol below). Adding a task is one class in one module.
+pruner behind `BasePruner`. `Task` is a small abstract base: the few methods every task must
+have (activation, score, labels, loss, likelihood, cut-offs, the OOF table) and declarative
+traits that the other stages read instead of asking which task it is (data: how images and
+labels are loaded; training: which dataset, which model family; submit: which formats).
+The spec rules and label parsing of each task live apart, in `rules.py` (its `rules` class).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import SpecError
 from ..registry import Registry
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
     from torch import nn
-    from torch.utils.data import Dataset
 
     from ..config.spec import Competition
 
@@ -49,7 +48,7 @@ class Head:
         return len(self.classes) == 2
 
 
-class Task(Protocol):
+class Task(ABC):
     """A task as training, search, ensemble and report use it.
 
     Predictions are one array per sample set: N × ΣC class probabilities (classification) or
@@ -57,94 +56,91 @@ class Task(Protocol):
     """
 
     heads: List[Head]
-    trains_on_whole_images: bool  # batches may be gathered and augmented on the device
-
-    @property
-    def width(self) -> int: ...  # model outputs
-    @property
-    def direction(self) -> str: ...  # "maximize" or "minimize", the competition metric's
-    def predict(self, model: "nn.Module", x: "torch.Tensor") -> "torch.Tensor": ...  # probabilities
-    def score(self, y: np.ndarray, proba: np.ndarray, thresholds: Thresholds = None) -> float: ...
-    def head_scores(self, y: np.ndarray, proba: np.ndarray, thresholds: Thresholds = None) -> Dict[str, float]: ...
-    def labels(self, proba: np.ndarray, thresholds: Thresholds = None) -> np.ndarray: ...
-    def nll(self, y: np.ndarray, proba: np.ndarray) -> float: ...
-    def stratify_key(self, y: np.ndarray) -> np.ndarray: ...  # one class index per row, for sampling
-    def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray, youden: bool = True) -> Tuple[Dict, Dict]: ...
-    def common_scale(self, oof: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]: ...  # pooling
-    def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str,
-             batch_size: int) -> "nn.Module": ...
-    def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
-                      policy: Any, size: int, drawing: Any,
-                      aux_masks: Optional[np.ndarray] = None) -> "Dataset": ...
-    def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray) -> list: ...
-    def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> "pd.DataFrame": ...  # oof.csv's columns
-    def load_images(self, frame: "pd.DataFrame", size: int, channels: int,
-                    cache: Optional[Path]) -> np.ndarray: ...
-    def suggest_model(self, trial: Any, search: Any, channels: int) -> Tuple[str, str]: ...
-    def summary_lines(self, samples: Any, y: np.ndarray) -> List[str]: ...
-    def check_buildable(self, search: Any, channels: int) -> None: ...  # SpecError if no model builds
-
-
-def check_architectures(spec: "Competition", path: Path) -> None:
-    """search.architectures must name smp decoders."""
-    from ..training.models import architectures
-
-    unknown = [a for a in spec.search.architectures if a not in architectures()]
-    if unknown:
-        raise SpecError(f"{path}: 'search.architectures': unknown value {unknown[0]!r} "
-                        f"(allowed: {', '.join(architectures())})")
-
-
-class TaskType:
-    """The class side of a task: its registries and the rules of the spec and data it accepts."""
-
     metrics: Registry  # what `metric` may name
     losses: Registry  # what `search.loss` may name
-    masks_are_labels = False  # segmentation: train.masks are the targets, not an auxiliary head
+    rules: Any  # the task's spec rules and label parsing (rules.py)
+    # -- declarative traits, read by the other stages
+    masks_are_labels = False  # labels are masks (train.masks are the targets), read at their own size
+    trains_on_whole_images = True  # whole resized images: batches may be gathered and augmented on the device
     writes_probability = False  # submission.value: probability is allowed
     mask_submission = False  # writes masks (tiff, png_folder, rle_csv) rather than a csv of labels
     families: Tuple[str, ...] = ("classifier",)  # what search.families may name
     defaults: Dict[str, Dict[str, Any]] = {}  # section → key → value, where the spec says nothing
 
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """The model's outputs."""
+
+    @property
+    def direction(self) -> str:
+        """"maximize" or "minimize": the competition metric's."""
+        return self.metrics.get(self.heads[0].metric).direction
+
+    @abstractmethod
+    def activate(self, logits: "torch.Tensor") -> "torch.Tensor":
+        """Probabilities of the model's logits."""
+
+    def predict(self, model: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
+        """Probabilities for a normalised batch (at inference)."""
+        return self.activate(model(x))
+
+    @abstractmethod
+    def score(self, y: np.ndarray, proba: np.ndarray, thresholds: Thresholds = None) -> float:
+        """The competition metric."""
+
+    def head_scores(self, y: np.ndarray, proba: np.ndarray, thresholds: Thresholds = None) -> Dict[str, float]:
+        return {self.heads[0].name: self.score(y, proba, thresholds)}
+
+    @abstractmethod
+    def labels(self, proba: np.ndarray, thresholds: Thresholds = None) -> np.ndarray:
+        """Predicted labels (class indices per head, or masks), at the cut-offs given."""
+
+    @abstractmethod
+    def nll(self, y: np.ndarray, proba: np.ndarray) -> float:
+        """Negative log-likelihood: the validation loss, a tie-breaker of equal scores."""
+
+    @abstractmethod
+    def fit_cutoffs(self, y: np.ndarray, oof: np.ndarray, youden: bool = True) -> Tuple[Dict, Dict]:
+        """(head → threshold, head → the rule that chose it), fitted on OOF."""
+
+    @abstractmethod
+    def loss(self, loss_names: Sequence[str], class_weights: Sequence[Optional[np.ndarray]]) -> "nn.Module":
+        """The training loss: one name per head, with that head's class weights (or None)."""
+
+    @abstractmethod
+    def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> "pd.DataFrame":
+        """oof.csv's columns, a row per training image."""
+
+    def stratify_key(self, y: np.ndarray) -> np.ndarray:
+        """One class index per row, for sampling (default: one stratum)."""
+        return np.zeros(len(y), dtype=int)
+
+    def common_scale(self, oof: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One fold model's OOF and test predictions on a scale fold models can be pooled on."""
+        return oof, test
+
     @classmethod
-    def check_spec(cls, spec: "Competition", path: Path) -> None:
-        """The task's own rules over several keys, one line per mistake naming `path`."""
-        from ..submit.formats import FORMATS
+    @abstractmethod
+    def from_spec(cls, spec: "Competition", heads: Dict[str, List[str]]) -> "Task":
+        """The task of a spec, over the classes its labels hold (head → classes in output order)."""
 
-        try:
-            cls.metrics.check(spec.metric, "metric")
-            for loss in spec.search.loss:
-                cls.losses.check(loss, "search.loss")
-        except SpecError as err:
-            raise SpecError(f"{path}: {err}") from None
-        if spec.submission.value == "probability" and not cls.writes_probability:
-            raise SpecError(f"{path}: 'submission.value': probability needs task binary, got {spec.task}")
-        if FORMATS.get(spec.submission.format).masks != cls.mask_submission:
-            allowed = [f for f in FORMATS.names() if FORMATS.get(f).masks == cls.mask_submission]
-            raise SpecError(f"{path}: 'submission.format': task {spec.task} writes {' or '.join(allowed)}, "
-                            f"not {spec.submission.format}")
-        cls.check_targets(spec, path)
 
-    @classmethod
-    def check_targets(cls, spec: "Competition", path: Path) -> None:
-        """One target (a column, class folders or masks): the keys of several heads are refused."""
-        if spec.train.targets or spec.heads or spec.submission.columns or spec.submission.combined_column:
-            raise SpecError(f"{path}: 'train.targets', 'heads' and 'submission.columns' need task multihead")
+def task_type(spec: "Competition") -> type:
+    """The registered task class a spec names (`harness list tasks`)."""
+    return TASKS.get(spec.task)
 
-    @classmethod
-    def label_classes(cls, train: "pd.DataFrame", spec: "Competition") -> Tuple[Dict[str, List[str]], np.ndarray]:
-        """(head → its classes in output order, N × H class indices) from the training listing."""
-        raise NotImplementedError
 
-    @classmethod
-    def build(cls, spec: "Competition", samples: Any) -> Tuple[Task, np.ndarray]:
-        """The task object and the labels `y` its models learn."""
-        raise NotImplementedError
+def declares_aux_masks(spec: "Competition") -> bool:
+    """Whether train.masks is an auxiliary target, not the task's labels (as in segmentation)."""
+    return not task_type(spec).masks_are_labels and spec.train.masks is not None
 
-    def check_buildable(self, search: Any, channels: int) -> None:
-        """Refuse, before any trial, a search space where no model builds (default: all do)."""
 
-    @classmethod
-    def submission_columns(cls, spec: "Competition") -> List[str]:
-        """The columns of a csv submission, in order: the id, then the target column(s)."""
-        return [spec.submission.id_column, spec.submission.target_column]
+def searches_aux_head(spec: "Competition") -> bool:
+    """Whether classifier trials draw an auxiliary mask head: masks declared, a weight above 0 searched."""
+    return declares_aux_masks(spec) and max(spec.search.aux_weight) > 0
+
+
+def uses_aux_masks(spec: "Competition") -> bool:
+    """Whether trials may train on the masks: the auxiliary head, or the mask_score family."""
+    return searches_aux_head(spec) or (declares_aux_masks(spec) and "mask_score" in spec.search.families)

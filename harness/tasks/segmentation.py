@@ -8,18 +8,15 @@ read and written by `data/masks.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-import albumentations as A
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from ..errors import SpecError
-from .base import TASKS, Head, TaskType, check_architectures
+from .base import TASKS, Head, Task
 from .pixels import SEG_LOSSES, SEG_METRICS, fit_pixel_threshold
+from .rules import SegmentationRules
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,26 +52,9 @@ def _edge_weights(size: int, overlap: int, device: torch.device) -> torch.Tensor
     return ((distance + 1) / (overlap / 2 + 1)).clamp(max=1.0)
 
 
-class MaskDataset(Dataset):
-    """Image + mask pairs, augmented together (flips, elastic, crops), as uint8 C×H×W and float 1×H×W."""
-
-    def __init__(self, images: np.ndarray, masks: np.ndarray, index: np.ndarray, transform: A.Compose) -> None:
-        self.images, self.masks, self.index, self.transform = images, masks, index, transform
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int):
-        j = self.index[i]
-        out = self.transform(image=np.array(self.images[j]), mask=np.array(self.masks[j]))
-        img = out["image"][:, :, None] if out["image"].ndim == 2 else out["image"]
-        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        return x, torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.float32))[None]
-
-
 @TASKS.register("segmentation")
 @dataclass
-class SegmentationTask(TaskType):
+class SegmentationTask(Task):
     """Binary masks: a decoder on a timm encoder, pixel losses and metrics, an OOF-fitted threshold."""
 
     metric: str
@@ -83,6 +63,7 @@ class SegmentationTask(TaskType):
 
     metrics = SEG_METRICS
     losses = SEG_LOSSES
+    rules = SegmentationRules
     masks_are_labels = True
     mask_submission = True
     # the spec's defaults are classification's: these replace them where the spec is silent
@@ -94,11 +75,11 @@ class SegmentationTask(TaskType):
     def for_metric(cls, metric: str, tile_size: int) -> "SegmentationTask":
         return cls(metric, [Head("mask", ["background", "positive"], metric, 0)], tile_size)
 
-    width = 1
+    @classmethod
+    def from_spec(cls, spec: "Competition", heads: Dict[str, List[str]]) -> "SegmentationTask":
+        return cls.for_metric(spec.metric, spec.tile_size)
 
-    @property
-    def direction(self) -> str:
-        return SEG_METRICS.get(self.metric).direction
+    width = 1
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, 0].float().sigmoid()
@@ -133,14 +114,8 @@ class SegmentationTask(TaskType):
         threshold, _ = fit_pixel_threshold(self.metric, y, oof)
         return {"mask": threshold}, {"mask": f"best OOF {self.metric}"}
 
-    def loss(self, loss_names: Sequence[str], y_train: np.ndarray, imbalance: str, batch_size: int) -> nn.Module:
-        return SEG_LOSSES.get(loss_names[0])()
-
-    def train_dataset(self, images: np.ndarray, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
-                      policy: A.Compose, size: int, drawing, aux_masks: None = None) -> Dataset:
-        # the masks here are the targets themselves: there are no auxiliary ones (spec.declares_aux_masks)
-        crop = [A.PadIfNeeded(min_height=size, min_width=size), A.RandomCrop(height=size, width=size)]
-        return MaskDataset(images, y, train_idx, A.Compose(list(policy.transforms) + crop))
+    def loss(self, loss_names: Sequence[str], class_weights: Sequence[Optional[np.ndarray]]) -> nn.Module:
+        return SEG_LOSSES.get(loss_names[0])()  # pixels are drawn as they are: no class weights
 
     def oof_frame(self, y: np.ndarray, oof: np.ndarray) -> "pd.DataFrame":
         """Per image: the metric of its OOF probability map, to find the worst ones."""
@@ -148,60 +123,3 @@ class SegmentationTask(TaskType):
 
         return pd.DataFrame({self.heads[0].metric: [round(self.score(y[i:i + 1], oof[i:i + 1]), 6)
                                                     for i in range(len(y))]})
-
-    def report_arrays(self, y: np.ndarray, oof: np.ndarray, labels: np.ndarray):
-        """(head, true, predicted, positive-class scores or None) per head, for confusion and ROC."""
-        return [(self.heads[0], y.ravel(), labels.ravel(), None)]
-
-    def load_images(self, frame, size: int, channels: int, cache) -> np.ndarray:
-        """The listed images at their own size: training crops `size`, prediction sees whole images."""
-        from ..data.masks import load_native
-
-        return load_native(frame, channels)
-
-    def suggest_model(self, trial, search, channels: int) -> Tuple[str, str]:
-        """(architecture/encoder, "smp") for one trial, among the combinations that build."""
-        from ..training.models import buildable_models
-
-        return trial.suggest_categorical("model", buildable_models(search, channels)), "smp"
-
-    def summary_lines(self, samples, y: np.ndarray) -> List[str]:
-        return [f"train: {len(samples.train)} images with masks; test: {len(samples.test)} images",
-                f"masks: {y.shape[1]}x{y.shape[2]}, positive pixels {y.mean():.1%}"]
-
-    def check_buildable(self, search, channels: int) -> None:
-        from ..training.models import buildable_models
-
-        buildable_models(search, channels)
-
-    @classmethod
-    def check_spec(cls, spec: "Competition", path: Path) -> None:
-        super().check_spec(spec, path)
-        check_architectures(spec, path)
-        if spec.search.families != ["classifier"]:
-            raise SpecError(f"{path}: 'search.families' is for classification tasks: segmentation searches "
-                            "search.architectures × search.backbones")
-        for key in ("positive_value", "negative_value"):
-            value = getattr(spec, key)
-            if value is not None and not 0 <= value <= 255:
-                raise SpecError(f"{path}: '{key}': {value} is not a mask value: give one in 0..255")
-        if spec.search.imbalance != ["none"]:
-            raise SpecError(f"{path}: 'search.imbalance': task segmentation draws pixels as they are: "
-                            "set search.imbalance [none]")
-
-    @classmethod
-    def label_classes(cls, train: "pd.DataFrame", spec: "Competition") -> Tuple[Dict[str, List[str]], np.ndarray]:
-        return {"mask": ["background", "positive"]}, np.zeros((len(train), 1), int)  # the masks are the labels
-
-    @classmethod
-    def build(cls, spec: "Competition", samples) -> Tuple["SegmentationTask", np.ndarray]:
-        """The task and the training masks (N × H × W, 1 = positive), each checked against its image."""
-        from ..data.masks import check_mask_sizes, load_masks
-
-        y = load_masks(samples.train, spec.positive_value)
-        check_mask_sizes(samples.train, y)
-        if not y.any():
-            value = "any value above 0" if spec.positive_value is None else spec.positive_value
-            raise SpecError(f"no pixel of the training masks has {value} (positive_value): name the value "
-                            "the masks give the positive class")
-        return cls.for_metric(spec.metric, spec.tile_size), y

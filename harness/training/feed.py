@@ -12,59 +12,55 @@ Training batches come one of two ways (`search.augment_on`):
 
 `auto` takes `device` on a GPU when the task trains on whole images, the policy has a batch
 form and the images take at most a quarter of the free device memory; else `workers`.
+`train_batches` makes that choice's batches from a fold's `FoldData` and `BatchPlan`.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import batch_form, random_d4
+from .config import TrialConfig
+from .datasets import FoldData, train_dataset
 from .sampling import Drawing
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 AUGMENT_ON = ("auto", "device", "workers")
 
 
-class ArrayDataset(Dataset):
-    """Rows `index` of a decoded uint8 N×H×W×C array, augmented, as uint8 C×H×W tensors
-    (with their labels, one per head, when `labels` is given).
+@dataclass
+class BatchPlan:
+    """How one fold's training batches are drawn, augmented and normalised."""
 
-    `extra` is applied after `transform` to rows whose `keys` value is in `extra_for`. With
-    `masks` (N×H×W auxiliary masks) each mask is transformed with its image, and the label
-    becomes (labels, 1×H×W float mask).
-    """
+    cfg: TrialConfig  # batch size, augmentation policy, orientation, image size, workers, seed
+    fold: int
+    drawing: Drawing  # the sampler or batch sampler, and the classes that always get a random D4
+    keys: np.ndarray  # each row's class key (`task.stratify_key`): whether its class gets the D4
+    mean: torch.Tensor  # normalisation, on the training device
+    std: torch.Tensor
 
-    def __init__(self, images: np.ndarray, index: np.ndarray, labels: Optional[np.ndarray] = None,
-                 transform: Optional[Callable] = None, keys: Optional[np.ndarray] = None,
-                 extra_for: frozenset = frozenset(), extra: Optional[Callable] = None,
-                 masks: Optional[np.ndarray] = None) -> None:
-        self.images, self.index, self.labels, self.transform = images, index, labels, transform
-        self.keys, self.extra_for, self.extra, self.masks = keys, extra_for, extra, masks
+    @property
+    def seed(self) -> int:
+        """Seeds the batch order and the augmentation draws: the trial's seed and the fold."""
+        return self.cfg.seed + self.fold
 
-    def __len__(self) -> int:
-        return len(self.index)
 
-    def __getitem__(self, i: int):
-        row = self.index[i]
-        item = {"image": np.array(self.images[row])}  # a writable copy of the (memory-mapped) row
-        if self.masks is not None:
-            item["mask"] = np.array(self.masks[row])
-        if self.transform is not None:
-            item = self.transform(**item)
-        if self.extra is not None and int(self.keys[row]) in self.extra_for:
-            item = self.extra(**item)
-        img = item["image"][:, :, None] if item["image"].ndim == 2 else item["image"]
-        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        if self.labels is None:
-            return x
-        label = torch.from_numpy(self.labels[row])
-        if self.masks is None:
-            return x, label
-        return x, (label, torch.from_numpy(np.ascontiguousarray(item["mask"], dtype=np.float32))[None])
+def train_batches(task: "Task", data: FoldData, plan: BatchPlan,
+                  resident: Optional[torch.Tensor] = None) -> Union["DeviceBatches", "LoaderBatches"]:
+    """The training fold's batches: augmented on the device when `resident` images are given,
+    else by DataLoader workers over the task's dataset (datasets.py)."""
+    if resident is not None:
+        return DeviceBatches(resident, data.y, data.train_idx, plan)
+    loader = worker_loader(train_dataset(task, data, plan), plan)
+    return LoaderBatches(loader, plan.mean, plan.std)
 
 
 def to_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -107,19 +103,17 @@ class DeviceBatches:
     a seeded shuffle, dropping a last partial batch when the fold holds more than one batch.
     """
 
-    def __init__(self, resident: torch.Tensor, y: np.ndarray, keys: np.ndarray, train_idx: np.ndarray,
-                 drawing: Drawing, batch_size: int, policy: str, orientation: str,
-                 mean: torch.Tensor, std: torch.Tensor, seed: int) -> None:
+    def __init__(self, resident: torch.Tensor, y: np.ndarray, train_idx: np.ndarray, plan: BatchPlan) -> None:
         dev = resident.device
-        self.resident, self.mean, self.std = resident, mean, std
+        self.resident, self.mean, self.std = resident, plan.mean, plan.std
         self.rows = torch.as_tensor(train_idx, device=dev)
         self.y = torch.as_tensor(y, device=dev)
-        self.d4 = torch.as_tensor(np.isin(keys, list(drawing.d4_classes)), device=dev)
-        self.drawing, self.batch_size = drawing, batch_size
-        self.augment, self.orientation = batch_form(policy), orientation
-        self.order_generator = torch.Generator().manual_seed(seed)
-        self.generator = torch.Generator(device=dev).manual_seed(seed)
-        self.drop_last = len(train_idx) > batch_size
+        self.d4 = torch.as_tensor(np.isin(plan.keys, list(plan.drawing.d4_classes)), device=dev)
+        self.drawing, self.batch_size = plan.drawing, plan.cfg.batch_size
+        self.augment, self.orientation = batch_form(plan.cfg.augment), plan.cfg.orientation
+        self.order_generator = torch.Generator().manual_seed(plan.seed)
+        self.generator = torch.Generator(device=dev).manual_seed(plan.seed)
+        self.drop_last = len(train_idx) > self.batch_size
 
     def __len__(self) -> int:
         if self.drawing.batch_sampler is not None:
@@ -185,9 +179,10 @@ def _seed_worker(seed: int, worker_id: int) -> None:
     seed_augmentation(torch.utils.data.get_worker_info().dataset, seed + 7919 * (worker_id + 1))
 
 
-def worker_loader(dataset: Dataset, drawing: Drawing, batch_size: int, num_workers: int, seed: int,
-                  dev: torch.device) -> DataLoader:
+def worker_loader(dataset: Dataset, plan: BatchPlan) -> DataLoader:
     """The training fold's DataLoader, drawn as the imbalance handling says, augmentation seeded."""
+    drawing, batch_size, num_workers, seed = plan.drawing, plan.cfg.batch_size, plan.cfg.num_workers, plan.seed
+    dev = plan.mean.device
     seed_augmentation(dataset, seed)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=dev.type == "cuda",
                   worker_init_fn=functools.partial(_seed_worker, seed) if num_workers else None)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 from functools import lru_cache
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import timm
 import torch
@@ -20,13 +21,20 @@ from torch import nn
 
 from ..errors import SpecError
 from ..registry import Registry
+from ..tasks import Task, searches_aux_head
+from .config import TrialConfig
+from .names import ModelName
+
+if TYPE_CHECKING:
+    from ..config.spec import Competition, SearchSpace
 
 MODEL_FAMILIES = Registry("model family")
 
 
 def weights_file(pretrained: Union[bool, str]) -> Optional[str]:
-    """The local weights file `pretrained` names, or None for true/false; a missing file is an error."""
-    if not isinstance(pretrained, str) or pretrained.lower() in ("true", "false"):
+    """The local weights file a resolved `pretrained` names (`weights.resolve_weights`: false, true or a
+    file), or None; a missing file is an error."""
+    if not isinstance(pretrained, str):
         return None
     path = Path(pretrained).expanduser()
     if not path.is_file():
@@ -41,7 +49,7 @@ def weights_file_overlay(pretrained: Union[bool, str]) -> Dict[str, Any]:
 
 
 def uses_pretrained(pretrained: Union[bool, str]) -> bool:
-    return pretrained is True or str(pretrained).lower() != "false"
+    return pretrained is not False
 
 
 @contextmanager
@@ -130,7 +138,7 @@ def smp_model(name: str, num_classes: int, in_chans: int, pretrained=False) -> n
     """segmentation_models_pytorch architecture on a timm encoder; `name` is 'arch/encoder'."""
     import segmentation_models_pytorch as smp
 
-    arch, encoder = name.split("/", 1)
+    arch, encoder = ModelName(name).architecture, ModelName(name).encoder
     with loading_weights(encoder, pretrained):  # a weights file: a timm checkpoint of the encoder
         net = smp.create_model(arch, encoder_name=f"tu-{encoder}", in_channels=in_chans, classes=num_classes,
                                encoder_weights=True if uses_pretrained(pretrained) else None,
@@ -176,6 +184,13 @@ def smp_mask_score(name: str, num_classes: int, in_chans: int, pretrained=False)
     return MaskScoreModel(smp_model(name, 1, in_chans, pretrained))
 
 
+def create_model(cfg: TrialConfig, pretrained: Optional[Union[bool, str]] = None) -> nn.Module:
+    """The one door to every model: the family, model name, outputs, channels and weights a trial's
+    configuration names (`pretrained` replaces its weights: a checkpoint about to be loaded needs none)."""
+    weights = cfg.pretrained if pretrained is None else pretrained
+    return MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, weights)
+
+
 def architectures() -> List[str]:
     import segmentation_models_pytorch as smp
 
@@ -198,7 +213,7 @@ def buildable(archs: Tuple[str, ...], encoders: Tuple[str, ...], channels: int) 
     return out
 
 
-def buildable_models(search, channels: int) -> List[str]:
+def buildable_models(search: "SearchSpace", channels: int) -> List[str]:
     """The search space's 'arch/encoder' pairs that build; none is a spec error (a ViT has no
     feature pyramid), raised by `validate` and before any trial."""
     models = buildable(tuple(search.architectures), tuple(search.backbones), channels)
@@ -206,3 +221,37 @@ def buildable_models(search, channels: int) -> List[str]:
         raise SpecError(f"'search.architectures' × 'search.backbones': no combination builds with "
                         f"{channels} channel(s) ({', '.join(search.architectures)} × {', '.join(search.backbones)})")
     return models
+
+
+@dataclass
+class ModelChoice:
+    """What a trial trains: the model name, its family (`MODEL_FAMILIES`) and the mask loss's weight."""
+
+    name: str
+    family: str
+    aux_weight: float = 0.0
+
+
+def choose_model(trial: Any, spec: "Competition", task: Task, channels: int) -> ModelChoice:
+    """The trial's draw of its model, the one place a family is decided: decoders for a task whose
+    labels are masks; else the spec's families (a timm classifier, with the auxiliary mask head
+    when it draws a mask weight above 0, or the mask_score decoder trained on the masks)."""
+    search = spec.search
+    if task.masks_are_labels:
+        return ModelChoice(trial.suggest_categorical("model", buildable_models(search, channels)), "smp")
+    families = search.families
+    family = families[0] if len(families) == 1 else trial.suggest_categorical("family", families)
+    if family == "mask_score":
+        return ModelChoice(trial.suggest_categorical("mask_model", buildable_models(search, channels)),
+                           "smp_mask_score", MASK_SCORE_WEIGHT)  # the masks are what this family learns from
+    backbone = trial.suggest_categorical("backbone", search.backbones)
+    if not searches_aux_head(spec):
+        return ModelChoice(backbone, "timm_classifier")
+    aux_weight = trial.suggest_categorical("aux_weight", search.aux_weight)
+    return ModelChoice(backbone, "timm_aux_mask" if aux_weight else "timm_classifier", aux_weight)
+
+
+def check_buildable(search: "SearchSpace", task: Task, channels: int) -> None:
+    """Refuse, before any trial, a search space where no decoder model builds (a ViT has no feature pyramid)."""
+    if task.masks_are_labels or "mask_score" in search.families:
+        buildable_models(search, channels)

@@ -5,7 +5,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,11 +15,11 @@ from .augment import tta_views
 from .config import TrialConfig
 from .device import amp_dtype, device
 from .feed import eval_batches
-from .models import MODEL_FAMILIES, normalisation
-from .store import DamagedFold
+from .models import create_model, normalisation
+from .store import DamagedFold, FoldResult, load_trial_config, load_trial_folds
 
 if TYPE_CHECKING:  # config.paths only for annotations: weights.py (which config imports) uses this module
-    from ..config.paths import FoldPaths
+    from ..config.paths import FoldPaths, RunPaths
     from ..tasks.base import Task
 
 PREDICT_PIXELS = 64 * 1024 * 1024  # image pixels per prediction batch (flip views and tiles add to it)
@@ -50,7 +50,7 @@ def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor
 def predict_from_checkpoint(cfg: TrialConfig, task: "Task", fold: FoldPaths, images: np.ndarray) -> np.ndarray:
     """Re-predict `images` with a fold's saved model (used when the test set changed since training)."""
     dev = device()
-    model = MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, False)
+    model = create_model(cfg, pretrained=False)  # the checkpoint's weights replace any
     try:
         model.load_state_dict(load_checkpoint(fold.model))
     except RuntimeError as err:  # other keys or shapes: weights of another model
@@ -115,3 +115,17 @@ def _view(x: torch.Tensor, view: str) -> torch.Tensor:
 def _unview(p: torch.Tensor, view: str) -> torch.Tensor:
     """Maps (N × H × W) are flipped back to the original orientation; class scores need nothing."""
     return p if p.ndim < 3 else _view(p[:, None], view)[:, 0]
+
+
+def trial_predictions(paths: "RunPaths", owner: int, n_folds: int, task: "Task", test_hash: str,
+                      test_images: Callable[[int], np.ndarray]) -> Optional[Tuple[List[FoldResult], List[np.ndarray]]]:
+    """A finished trial's folds and each fold's test predictions: as stored, or, for a fold trained on
+    another test set, fresh from its checkpoint on `test_images(image_size)` (the trial's config.json
+    read once, and only then). None when a fold's files were removed; DamagedFold when one is not whole."""
+    folds = load_trial_folds(paths, owner, n_folds)
+    if folds is None or all(f.test_hash == test_hash for f in folds):
+        return None if folds is None else (folds, [f.test for f in folds])
+    cfg = load_trial_config(paths, owner)
+    images = test_images(cfg.image_size)
+    return folds, [f.test if f.test_hash == test_hash else
+                   predict_from_checkpoint(cfg, task, paths.fold(owner, f.fold), images) for f in folds]

@@ -1,7 +1,8 @@
 """Recipes: complete training configurations known to work, the first trials of every new study.
 
 A recipe is one registered function `(spec) -> params` naming a value for each searched key
-(`harness list recipes`); `tasks`, `pretrained` and `family` say where it applies. A new study
+(`harness list recipes`); `masks` (whether the task's labels are masks), `pretrained` and
+`family` say where it applies: to every task whose traits match (`applies`). A new study
 enqueues the spec's recipes (`search.recipes`, default `[auto]`: for each model family the spec
 searches, the first recipe for its task and for whether weights are used) before the sampler
 draws, each projected into the spec's search space: a value the space lacks becomes the space's
@@ -14,16 +15,16 @@ from typing import TYPE_CHECKING, Any, Dict, List
 import optuna
 
 from ..registry import Registry
+from ..tasks import task_type
 from .weights import uses_weights
 
 if TYPE_CHECKING:
     from ..config.spec import Competition
 
 RECIPES = Registry("recipe")
-CLASSIFICATION = ("binary", "multiclass", "multihead")
 
 
-@RECIPES.register("scratch_small", tasks=CLASSIFICATION, pretrained=False, family="classifier")
+@RECIPES.register("scratch_small", masks=False, pretrained=False, family="classifier")
 def scratch_small(spec: "Competition") -> Dict[str, Any]:
     """From scratch on hundreds of images: resnet18, AdamW 2e-3, weight decay 0.05, 3,000 steps.
 
@@ -33,7 +34,7 @@ def scratch_small(spec: "Competition") -> Dict[str, Any]:
             "steps": 3000}
 
 
-@RECIPES.register("finetune", tasks=CLASSIFICATION, pretrained=True, family="classifier")
+@RECIPES.register("finetune", masks=False, pretrained=True, family="classifier")
 def finetune(spec: "Competition") -> Dict[str, Any]:
     """Pretrained weights: resnet18, AdamW 3e-4, weight decay 0.01, 600 steps."""
     return {"family": "classifier", "backbone": "resnet18", "image_size": 224, "augment": "medium",
@@ -41,14 +42,14 @@ def finetune(spec: "Competition") -> Dict[str, Any]:
             "steps": 600}
 
 
-@RECIPES.register("unet_scratch", tasks=("segmentation",), pretrained=None, family=None)
+@RECIPES.register("unet_scratch", masks=True, pretrained=None, family=None)
 def unet_scratch(spec: "Competition") -> Dict[str, Any]:
     """A U-Net on a resnet18 encoder with BCE + Dice, AdamW 1e-3, 3,000 steps."""
     return {"model": "unet/resnet18", "image_size": 256, "augment": "light", "loss": "bce_dice",
             "imbalance": "none", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8, "steps": 3000}
 
 
-@RECIPES.register("mask_unet_scratch", tasks=("binary",), pretrained=None, family="mask_score")
+@RECIPES.register("mask_unet_scratch", masks=False, pretrained=None, family="mask_score")
 def mask_unet_scratch(spec: "Competition") -> Dict[str, Any]:
     """Family mask_score: a U-Net on resnet18 learns the masks; D4-oversampled positives, 3,000 steps.
 
@@ -56,6 +57,11 @@ def mask_unet_scratch(spec: "Competition") -> Dict[str, Any]:
     return {"family": "mask_score", "mask_model": "unet/resnet18", "image_size": 288, "augment": "medium",
             "loss": "ce", "imbalance": "oversample_d4", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16,
             "steps": 3000}
+
+
+def applies(recipe: Any, task: type) -> bool:
+    """Whether a recipe fits a task class: the same kind of labels, a family the task offers."""
+    return recipe.masks == task.masks_are_labels and (recipe.family is None or recipe.family in task.families)
 
 
 def recipe_names(spec: "Competition") -> List[str]:
@@ -73,7 +79,7 @@ def _auto(spec: "Competition") -> List[str]:
     for family in spec.search.families:
         for name in RECIPES.names():
             recipe = RECIPES.get(name)
-            if (spec.task in recipe.tasks and recipe.pretrained in (None, weights)
+            if (applies(recipe, task_type(spec)) and recipe.pretrained in (None, weights)
                     and recipe.family in (None, family)):
                 out.append(name)
                 break

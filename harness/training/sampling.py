@@ -6,7 +6,7 @@ fold, so nothing of it can reach the validation fold whose predictions become OO
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import Sampler, WeightedRandomSampler
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 IMBALANCE = Registry("imbalance handling")
 
@@ -103,3 +106,13 @@ def balanced_batches(y_train: np.ndarray, num_classes: int, batch_size: int,
                      generator: torch.Generator) -> Drawing:
     """Every batch holds each class equally often."""
     return Drawing(batch_sampler=BalancedBatchSampler(y_train, batch_size, generator))
+
+
+def head_class_weights(task: "Task", y_train: np.ndarray, imbalance: str,
+                       batch_size: int) -> List[Optional[np.ndarray]]:
+    """Each head's loss weights per class, from the training fold's labels, as `imbalance` gives
+    them (or None). Labels that are masks have none: pixels are drawn as they are."""
+    if task.masks_are_labels:
+        return [None] * len(task.heads)
+    return [IMBALANCE.get(imbalance)(y_train[:, i], len(head.classes), batch_size, torch.Generator()).class_weight
+            for i, head in enumerate(task.heads)]

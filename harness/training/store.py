@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optional,
 import numpy as np
 import pandas as pd
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
 
 from ..errors import first_line
 from ..files import file_hash, write_file
@@ -255,18 +253,3 @@ def pool_folds(results: List[FoldResult], n: int, task: "Task",
         oof[r.val_index] = fold_oof
         test_sum = fold_test.astype(np.float64) if test_sum is None else test_sum + fold_test
     return oof, (test_sum / len(results)).astype(np.float32)
-
-
-def latest_per_folder(trials: List[FrozenTrial]) -> Dict[int, FrozenTrial]:
-    """Trial folder (`artifact_owner`) → its latest trial of `trials` (in number order): a retry that
-    trained a finished trial's damaged folds again, in that trial's folder, stands for it."""
-    return {artifact_owner(t): t for t in trials}
-
-
-def artifact_owner(trial: FrozenTrial) -> int:
-    """The trial number whose directory holds this trial's folds (a retry reuses its original's)."""
-    retry_of = trial.user_attrs.get("retry_of")
-    if retry_of is not None:
-        return int(retry_of)
-    retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-    return trial.number if retried is None else retried

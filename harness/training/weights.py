@@ -17,13 +17,59 @@ which weights its folds were trained from.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 from ..errors import SpecError
+from .models import check_buildable
+from .names import ModelName
+from .predict import checkpoint_problem
 
-Pretrained = Union[bool, str, Dict[str, str]]
+if TYPE_CHECKING:
+    from ..config.spec import SearchSpace
+    from ..tasks import Task
+
+Pretrained = Union[bool, str, Dict[str, str]]  # as the spec writes it
+Resolved = Union[bool, str]  # what one model loads: false, true (the hub) or a weights file
 HUB_HOST, HUB_TIMEOUT = "huggingface.co", 3.0
+
+
+@dataclass(frozen=True)
+class Weights:
+    """`search.pretrained`, read once: auto, true, false, one weights file, or a mapping backbone → file."""
+
+    mode: str  # "auto", "true", "false", "file" or "mapping"
+    file: Optional[str] = None
+    files: Tuple[Tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, value: Union[Pretrained, "Weights"]) -> "Weights":
+        if isinstance(value, Weights):
+            return value
+        if isinstance(value, dict):
+            return cls("mapping", files=tuple((str(k), str(v)) for k, v in value.items()))
+        if isinstance(value, bool):
+            return cls("true" if value else "false")
+        text = str(value)
+        return cls(text.lower()) if text.lower() in ("auto", "true", "false") else cls("file", file=text)
+
+    @property
+    def chooses(self) -> bool:
+        """Whether the weights are chosen per backbone (auto, a file, a mapping): said once by the search."""
+        return self.mode not in ("true", "false")
+
+    def resolve(self, backbone: str) -> Resolved:
+        """What one model loads. `backbone` is a timm name, or 'arch/encoder' for the decoder families."""
+        encoder = ModelName(backbone).encoder
+        if self.mode == "mapping":
+            file = dict(self.files).get(encoder) or dict(self.files).get(backbone)
+            return _existing(file) if file else Weights("auto").resolve(backbone)
+        if self.mode == "false":
+            return False
+        if self.mode in ("true", "auto"):
+            return cached_weights(encoder) or self.mode == "true"
+        return _existing(self.file)
 
 
 def cached_weights(backbone: str) -> Optional[str]:
@@ -32,7 +78,7 @@ def cached_weights(backbone: str) -> Optional[str]:
     import torch
 
     try:
-        cfg = timm.models.get_pretrained_cfg(backbone.split("/")[-1])
+        cfg = timm.models.get_pretrained_cfg(ModelName(backbone).encoder)
     except Exception:  # noqa: BLE001 - an unknown name has no weights to find
         return None
     if cfg is None:
@@ -53,21 +99,9 @@ def cached_weights(backbone: str) -> Optional[str]:
     return None
 
 
-def resolve_weights(pretrained: Pretrained, backbone: str) -> Union[bool, str]:
-    """What one model loads: a weights file, true (download from the hub), or false (from scratch).
-    `backbone` is a timm name, or 'arch/encoder' for the decoder families."""
-    encoder = backbone.split("/")[-1]
-    if isinstance(pretrained, dict):
-        file = pretrained.get(encoder) or pretrained.get(backbone)
-        return _existing(file) if file else resolve_weights("auto", backbone)
-    if pretrained is False or str(pretrained).lower() == "false":
-        return False
-    if pretrained is True or str(pretrained).lower() in ("true", "auto"):
-        cached = cached_weights(encoder)
-        if cached:
-            return cached
-        return True if pretrained is True or str(pretrained).lower() == "true" else False
-    return _existing(pretrained)
+def resolve_weights(pretrained: Union[Pretrained, Weights], backbone: str) -> Resolved:
+    """What one model loads: a weights file, true (download from the hub), or false (from scratch)."""
+    return Weights.parse(pretrained).resolve(backbone)
 
 
 def _existing(file: str) -> str:
@@ -78,16 +112,18 @@ def _existing(file: str) -> str:
     return str(path)
 
 
-def weights_plan(pretrained: Pretrained, backbones: List[str]) -> Dict[str, Union[bool, str]]:
+def weights_plan(pretrained: Union[Pretrained, Weights], backbones: List[str]) -> Dict[str, Resolved]:
     """Each backbone's resolved weights; with `true`, a backbone neither cached nor downloadable (the
     hub does not answer within seconds) is a SpecError, said before any training."""
-    if isinstance(pretrained, str) and _is_file_value(pretrained) and len({b.split("/")[-1] for b in backbones}) > 1:
-        raise SpecError(f"'search.pretrained': one weights file ({pretrained}) for several backbones "
+    weights = Weights.parse(pretrained)
+    encoders = {b: ModelName(b).encoder for b in backbones}
+    if weights.mode == "file" and len(set(encoders.values())) > 1:
+        raise SpecError(f"'search.pretrained': one weights file ({weights.file}) for several backbones "
                         f"({', '.join(backbones)}): a file fits one; give a mapping backbone: file")
-    plan = {b: resolve_weights(pretrained, b) for b in backbones}
-    for backbone, weights in plan.items():
-        if isinstance(weights, str) and weights != cached_weights(backbone.split("/")[-1]):
-            check_fits(backbone.split("/")[-1], weights)
+    plan = {b: weights.resolve(b) for b in backbones}
+    for backbone, resolved in plan.items():
+        if isinstance(resolved, str) and resolved != cached_weights(encoders[backbone]):
+            check_fits(encoders[backbone], resolved)
     needs_hub = [b for b, w in plan.items() if w is True]
     if needs_hub and not hub_reachable():
         raise SpecError(f"'search.pretrained': true, but the weights of {', '.join(needs_hub)} are not in this "
@@ -96,16 +132,10 @@ def weights_plan(pretrained: Pretrained, backbones: List[str]) -> Dict[str, Unio
     return plan
 
 
-def _is_file_value(value: str) -> bool:
-    return value.lower() not in ("auto", "true", "false")
-
-
 def check_fits(backbone: str, file: str) -> None:
     """The weights file loads into the backbone (timm adapts the head and input channels), or one line
     says it does not: a trial would fail on it at once, and so would every other."""
     import timm
-
-    from .predict import checkpoint_problem
 
     try:  # without a head: a checkpoint with or without one (a segmentation encoder's) loads alike
         timm.create_model(backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": file})
@@ -124,14 +154,23 @@ def hub_reachable() -> bool:
         return False
 
 
-def plan_lines(pretrained: Pretrained, plan: Dict[str, Union[bool, str]]) -> List[str]:
+def plan_lines(pretrained: Union[Pretrained, Weights], plan: Dict[str, Resolved]) -> List[str]:
     """What `auto` (or a mapping) chose, in a line each, as the search says it once."""
-    if isinstance(pretrained, bool) or str(pretrained).lower() in ("true", "false"):
+    if not Weights.parse(pretrained).chooses:
         return []
     return [f"weights of {b}: " + ("from scratch (none on this machine)" if w is False else
                                    "downloaded from the hub" if w is True else w) for b, w in plan.items()]
 
 
-def uses_weights(pretrained: Any, backbones: List[str]) -> bool:
+def uses_weights(pretrained: Union[Pretrained, Weights], backbones: List[str]) -> bool:
     """Whether any backbone starts from pretrained weights (which recipe `auto` takes)."""
-    return any(resolve_weights(pretrained, b) is not False for b in backbones)
+    weights = Weights.parse(pretrained)
+    return any(weights.resolve(b) is not False for b in backbones)
+
+
+def check_trainable(search: "SearchSpace", task: "Task", channels: int) -> List[str]:
+    """What only training needs, checked before any trial: every backbone's weights are there, and
+    the task's models build. Returns what `auto` (or a mapping) chose for each backbone, a line each."""
+    plan = weights_plan(search.pretrained, search.backbones)
+    check_buildable(search, task, channels)
+    return plan_lines(search.pretrained, plan)
