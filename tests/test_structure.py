@@ -1,5 +1,6 @@
 """The package's shape: stages that import downwards only, small modules, task rules in tasks/."""
 import ast
+import importlib.util
 import inspect
 from pathlib import Path
 
@@ -137,3 +138,14 @@ def test_no_task_or_model_family_is_named_outside_tasks_and_the_model_factory():
                and p not in allowed for i, line in enumerate(p.read_text().splitlines(), 1)
                if any(n in line for n in names)]
     assert not outside
+
+
+def test_make_submissions_data_path_is_short():
+    """make_submission reaches each lower stage once, through its entry module (benchmarks/submit_path.py
+    says how it counts); the whole walk stays within a few climbs."""
+    spec = importlib.util.spec_from_file_location("submit_path", PACKAGE.parent / "benchmarks" / "submit_path.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = tool.submit_path(PACKAGE.parent)
+    assert path["modules"] <= 10 and path["climbs"] <= 4, path
+    assert {"harness.data.prepare", "harness.search.study", "harness.training.predict"} <= set(path["path"])
