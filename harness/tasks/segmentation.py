@@ -1,6 +1,6 @@
 """Binary segmentation: U-Net-family decoders on timm encoders (`training/models.py`), tiling.
 
-`SegmentationTask` is the segmentation task behind the `Task` protocol: the fold loop, the
+`SegmentationTask` is the segmentation task behind the `Task` interface: the fold loop, the
 search, the ensemble and the report call the same methods as for classification. Predictions
 are N × H × W probability maps of the positive class; labels are N × H × W masks (1 = positive),
 read and written by `data/masks.py`.
