@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from conftest import free_port, load_study, postgres_cluster
 from harness.config.paths import RunPaths
-from harness.search.workers import worker_seed
+from harness.search.study import connect
+from harness.search.workers import TrialSlots, file_lock, worker_seed
 from harness.search.record import artifact_owner
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
@@ -132,3 +133,19 @@ def test_postgresql_storage_errors_are_one_line(postgres, class_folder_competiti
     out = cli("search", comp, "--run-dir", tmp_path / "b", "--trials", "1", "--storage", closed, ok=False).output
     assert "cannot connect" in out and len(out.strip().splitlines()) == 1
     assert not RunPaths(tmp_path / "b").study_url_file.exists()
+
+
+def test_a_claimed_trial_beats_while_it_runs_and_goes_stale_once_it_stops(tmp_path):
+    """The search asks and tells (no `Study.optimize`): its own heartbeat keeps a long trial alive for
+    the other workers, and a trial whose worker stopped beating is failed by them."""
+    storage = connect(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1)  # stale after 5 silent seconds
+    study = optuna.create_study(study_name="s", storage=storage)
+    slots = TrialSlots(study, storage, target=2, lock=lambda: file_lock(tmp_path / "lock"))
+    trial = slots.claim()
+    with slots.heartbeat(trial):
+        time.sleep(7)  # longer than the grace period: only the beats keep it running
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[trial.number].state == TrialState.RUNNING
+    time.sleep(7)  # its worker is gone: no beats
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[trial.number].state == TrialState.FAIL
