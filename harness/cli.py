@@ -15,7 +15,7 @@ from .data.prepare import prepare_data
 from .errors import SpecError, os_error_line, shown_url
 from .preflight import REGISTRIES, check_run, open_run
 from .search import count_finished, read_study, run_search
-from .search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
+from .search.launch import STORAGE_ENV, default_worker_count, follow_launcher, run_workers, safe_echo
 from .submit import make_report, make_submission
 from .submit.predict import predict_images
 from .submit.report import data_summary, leaderboard
@@ -29,7 +29,7 @@ def run_options(command: Callable) -> Callable:
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a competition.yaml field by dotted path, e.g. search.steps=[50]; "
                        "`search` remembers them for later commands on the same run dir.")
-    @click.option("--storage", envvar="HARNESS_STORAGE",
+    @click.option("--storage", envvar=STORAGE_ENV,
                   help="Optuna storage URL, else $HARNESS_STORAGE (a password there stays out of `ps`), else "
                        "the URL remembered in the run dir, else sqlite:///<run-dir>/study.db.")
     @functools.wraps(command)

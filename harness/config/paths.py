@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..errors import SpecError
+from ..errors import SpecError, sqlite_file
 from ..files import temporary_path, write_file
 from .spec import Competition, read_raw
 
@@ -271,9 +271,9 @@ def _storage_url(paths: RunPaths, storage: Optional[str]) -> str:
 def absolute_sqlite(url: str) -> str:
     """A relative SQLite URL (sqlite:///x.db) made absolute: remembered, it must mean the same file
     from any working directory."""
-    if not url.startswith("sqlite:///") or url.startswith("sqlite:////"):
+    db_file = sqlite_file(url)
+    if db_file is None or db_file.is_absolute():
         return url
-    path, _, query = url[len("sqlite:///"):].partition("?")
-    if not path or path == ":memory:":
-        return url
-    return f"sqlite:///{Path(path).resolve()}" + (f"?{query}" if query else "")
+    scheme, _, rest = url.partition(":///")
+    query = rest.partition("?")[2]
+    return f"{scheme}:///{db_file.resolve()}" + (f"?{query}" if query else "")

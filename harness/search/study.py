@@ -38,7 +38,7 @@ from ..training.config import HOW_FIELDS
 from ..training.store import first_damage
 from . import record
 from .pruners import PRUNERS
-from .workers import worker_seed
+from .workers import storage_trial_id, worker_seed
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -117,8 +117,7 @@ def retry_interrupted(study: optuna.Study, storage: RDBStorage) -> List[int]:
 def _fail_dead(study: optuna.Study, storage: RDBStorage, number: int, reason: str) -> bool:
     """Fail the RUNNING trial `number` of a process that is gone, with `reason`; False when it was
     finished meanwhile (a heartbeat check failed it, and retries it)."""
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                               number)
+    trial_id = storage_trial_id(storage, study, number)
     try:
         storage.set_trial_user_attr(trial_id, record.FAIL_REASON, reason)
         study.tell(number, state=TrialState.FAIL)

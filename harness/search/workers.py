@@ -32,6 +32,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from ..config.paths import Run, sqlite_lock
+from ..errors import sqlite_file
 from . import record
 
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -77,9 +78,8 @@ def slot_lock(storage: RDBStorage, run: Run) -> Callable[[], ContextManager[None
     """The lock under which trials are counted and claimed, as a factory of context managers."""
     if storage.engine.dialect.name == "postgresql":
         return lambda: advisory_lock(storage, f"harness:{run.study_name}")
-    url = storage.engine.url
-    beside = sqlite_lock(Path(url.database)) if url.get_backend_name() == "sqlite" and url.database else None
-    return lambda: file_lock(beside or run.paths.slots_lock)
+    db_file = sqlite_file(run.storage_url)
+    return lambda: file_lock(sqlite_lock(db_file) if db_file is not None else run.paths.slots_lock)
 
 
 class TrialSlots:
@@ -89,7 +89,6 @@ class TrialSlots:
     def __init__(self, study: optuna.Study, storage: RDBStorage, target: int,
                  lock: Callable[[], ContextManager[None]]) -> None:
         self.study, self.storage, self.target, self.lock = study, storage, target, lock
-        self.study_id = storage.get_study_id_from_name(study.study_name)
 
     @property
     def beats(self) -> bool:
@@ -118,7 +117,7 @@ class TrialSlots:
         if not self.beats:
             yield
             return
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        trial_id = storage_trial_id(self.storage, self.study, trial.number)
         stop = threading.Event()
         beater = threading.Thread(target=_beat, args=(self.storage, trial_id, stop), daemon=True,
                                   name=f"heartbeat of trial {trial.number}")
@@ -128,6 +127,12 @@ class TrialSlots:
         finally:
             stop.set()
             beater.join()
+
+
+def storage_trial_id(storage: RDBStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of the study's trial `number`, through the storage's public methods (what a
+    heartbeat and a failed trial of a dead worker are recorded under)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
 def _beat(storage: RDBStorage, trial_id: int, stop: threading.Event) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..config.paths import FoldPaths, RunPaths
 from ..errors import chain, first_line
 from .augment import tta_views
 from .config import TrialConfig
@@ -18,8 +19,7 @@ from .feed import eval_batches
 from .models import create_model, normalisation
 from .store import DamagedFold, FoldResult, load_trial_config, load_trial_folds
 
-if TYPE_CHECKING:  # config.paths only for annotations: weights.py (which config imports) uses this module
-    from ..config.paths import FoldPaths, RunPaths
+if TYPE_CHECKING:
     from ..tasks.base import Task
 
 PREDICT_PIXELS = 64 * 1024 * 1024  # image pixels per prediction batch (flip views and tiles add to it)
@@ -117,7 +117,7 @@ def _unview(p: torch.Tensor, view: str) -> torch.Tensor:
     return p if p.ndim < 3 else _view(p[:, None], view)[:, 0]
 
 
-def trial_predictions(paths: "RunPaths", owner: int, n_folds: int, task: "Task", test_hash: str,
+def trial_predictions(paths: RunPaths, owner: int, n_folds: int, task: "Task", test_hash: str,
                       test_images: Callable[[int], np.ndarray]) -> Optional[Tuple[List[FoldResult], List[np.ndarray]]]:
     """A finished trial's folds and each fold's test predictions: as stored, or, for a fold trained on
     another test set, fresh from its checkpoint on `test_images(image_size)` (the trial's config.json

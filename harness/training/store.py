@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config.paths import FoldPaths, RunPaths
 from ..errors import first_line
 from ..files import file_hash, write_file
 from .config import TrialConfig
 
-if TYPE_CHECKING:  # annotations only: config imports weights.py, which uses predict.py, which uses this
-    from ..config.paths import FoldPaths, RunPaths
+if TYPE_CHECKING:
     from ..tasks.base import Task
 
 
