@@ -46,7 +46,6 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
     `epochs` epochs' steps, validated once per epoch."""
     cache = run.paths.cache_dir
     images = load_resized(data.samples.train["path"].tolist(), size, data.channels, cache)
-    test_images = load_resized(data.samples.test["path"].tolist()[:8], size, data.channels, cache)
     train_idx, val_idx = np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0)
     per_epoch = max(1, len(train_idx) // batch)  # full batches: the last partial one is dropped
     cfg = trial_config(backbone=model, image_size=size, augment="medium", loss=["ce"] * len(data.task.heads),
@@ -54,7 +53,7 @@ def harness_loop(run, data, model: str, size: int, batch: int, epochs: int, out:
                        channels=data.channels,
                        orientation=run.spec.orientation, metric=run.spec.metric, num_classes=data.task.width,
                        num_workers=default_workers(), augment_on=augment_on, compile=compile)
-    fit_fold(cfg, data.task, FoldData(images, data.samples.y, train_idx, val_idx, test_images), FoldJob(0, FoldPaths(out)))
+    fit_fold(cfg, data.task, FoldData(images, data.samples.y, train_idx, val_idx), FoldJob(0, FoldPaths(out)))
     seconds = pd.read_csv(out / "history.csv")["seconds"].to_numpy()
     return per_epoch * batch / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
 

@@ -14,7 +14,7 @@ from .config.paths import Run
 from .data.prepare import prepare_data
 from .errors import SpecError, os_error_line, shown_url
 from .preflight import REGISTRIES, check_run, open_run
-from .search import count_finished, read_study, run_search
+from .search import budget, count_finished, read_study, run_search
 from .search.launch import STORAGE_ENV, default_worker_count, follow_launcher, run_workers, safe_echo
 from .submit import make_report, make_submission
 from .submit.predict import predict_images
@@ -67,6 +67,8 @@ def validate(run: Run) -> None:
     click.echo(data_summary(data))
     for line in weights:
         click.echo(line)
+    for line in budget.speed_lines(run, data):
+        click.echo(line)
     click.echo("ok")
 
 
@@ -75,7 +77,8 @@ def validate(run: Run) -> None:
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials the study should hold in total (running again continues).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Stop starting trials after this many seconds.")
+              help="A deadline in seconds: budgets are planned from this machine's measured speed, the "
+                   "trial in flight at the deadline is cut (its finished folds kept), a study to submit is left.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
                    "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
@@ -106,12 +109,18 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None, qu
               help="csv and json: every column, for scripts and spreadsheets.")
 def status(run: Run, fmt: str) -> None:
     """Leaderboard: trial, state, CV, fold scores, params, duration, busy share, note."""
-    table = leaderboard(read_study(run))
+    study = read_study(run)
+    table = leaderboard(study)
     if fmt == "csv":
         click.echo(table.to_csv(index=False), nl=False)
     elif fmt == "json":
         click.echo(table.to_json(orient="records", indent=1) if not table.empty else "[]")
-    elif table.empty:
+    else:
+        for line in budget.status_lines(study, run):
+            click.echo(line)
+    if fmt != "table":
+        return
+    if table.empty:
         click.echo("no trials yet")
     else:  # notes (why a trial failed or was pruned) in full
         with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", None):

@@ -17,6 +17,11 @@ class SpecError(ValueError):
     """A competition spec or its data is wrong; the message is one line naming what and where."""
 
 
+class DeadlineReached(Exception):
+    """The search's deadline (`--timeout`) passed inside a trial: the trial is cut there, its finished
+    folds kept, and it runs again with the same parameters in the next search."""
+
+
 class SearchStopped(RuntimeError):
     """The search cannot go on (failures in a row, a full disk); the message is one line."""
 

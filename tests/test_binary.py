@@ -32,7 +32,7 @@ def rows_drawn(imbalance, y, train_idx, epochs=3, on_device=False):
     targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
     mean, std = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 1 / 255)  # inputs = pixel values
     resident = resident_images(images, torch.device("cpu")) if on_device else None
-    data = FoldData(images, y[:, None], train_idx, np.setdiff1d(np.arange(len(y)), train_idx), images[:0])
+    data = FoldData(images, y[:, None], train_idx, np.setdiff1d(np.arange(len(y)), train_idx))
     batches = train_batches(targets, data, BatchPlan(cfg, 0, drawing, y, mean, std), resident)
     drawn = []
     for _ in range(epochs):

@@ -63,12 +63,13 @@ def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_
     study = load_study(run_dir)
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.PRUNED
-        assert sorted(t.intermediate_values) == [25, 50]  # validated at 25 % but not pruned there
+        # not at 25 % (the warm-up), nor at 50 % (its first validation after it: never on one point)
+        assert sorted(t.intermediate_values) == [25, 50, 75]
     first, second = (t.user_attrs["pruned"] for t in study.trials)
-    assert first.startswith("pruned at 50% of fold 1 (step 4 of 8): accuracy ") and " vs " not in first
+    assert first.startswith("pruned at 75% of fold 1 (step 6 of 8): accuracy ") and " vs " not in first
     assert "vs median" in second and "of 1 trials at the same point" in second
     status = cli("status", comp, "--run-dir", run_dir).output
-    assert status.count("pruned at 50% of fold 1 (step 4 of 8)") == 2
+    assert status.count("pruned at 75% of fold 1 (step 6 of 8)") == 2
 
 
 @pytest.mark.parametrize("keep, kept", [("last", 6), ("best", 2)])

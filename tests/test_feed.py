@@ -133,7 +133,7 @@ def first_batches(images, num_workers, count=2):
     y = np.zeros((len(images), 1), dtype=np.int64)
     drawing = IMBALANCE.get("none")(y[:, 0], 2, 4, torch.Generator().manual_seed(0))
     targets = ClassificationTask([Head("label", ["0", "1"], "accuracy", 0)])
-    data = FoldData(images, y, np.arange(len(images)), np.arange(0), images[:0])
+    data = FoldData(images, y, np.arange(len(images)), np.arange(0))
     plan = BatchPlan(cfg, 0, drawing, y[:, 0], torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
     batches = train_batches(targets, data, plan)
     return [x for x, _ in itertools.islice(iter(batches), count)]

@@ -31,8 +31,8 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
         assert len(t.user_attrs["fold_scores"]) == 2
         for k in range(2):
             fold = RunPaths(run_dir).fold(t.number, k)
-            assert all(p.is_file() for p in (fold.done, fold.oof, fold.test, fold.model, fold.history))
-            assert np.load(fold.test).shape == (10, 2)
+            assert all(p.is_file() for p in (fold.done, fold.oof, fold.model, fold.history))
+            assert not fold.test.exists()  # the search does not predict the test set: submit's members do
 
     board = cli("status", comp, "--run-dir", run_dir).output
     assert board.count("complete") == 2 and "folds" in board and "resnet10t" in board
@@ -46,6 +46,15 @@ def test_search_status_submit_on_class_folders(class_folder_competition, cli, tm
     record = json.loads(RunPaths(run_dir).ensemble_json.read_text())
     assert abs(sum(record["weights"].values()) - 1) < 1e-6
     assert set(record["thresholds"]) == {"label"}  # binary accuracy: threshold fitted on OOF
+    for t in study.trials:  # the members' fold models predicted the test set, and keep it for the next submit
+        member = str(t.number) in record["weights"]
+        for k in range(2):
+            fold = RunPaths(run_dir).fold(t.number, k)
+            assert fold.test.is_file() == member and (not member or np.load(fold.test).shape == (10, 2))
+    kept = RunPaths(run_dir).fold(int(next(iter(record["weights"]))), 0).test.stat().st_mtime_ns
+    cli("submit", comp, "--run-dir", run_dir)
+    assert pd.read_csv(run_dir / "submission.csv").equals(sub)
+    assert RunPaths(run_dir).fold(int(next(iter(record["weights"]))), 0).test.stat().st_mtime_ns == kept
     page = RunPaths(run_dir).report_html.read_text()
     assert "best single trial" in page and page.count("<tr>") >= 2 + 2  # confusion rows + trial rows
 
@@ -221,7 +230,8 @@ def test_pruned_trials_count_as_finished_and_keep_their_folds(class_folder_compe
     assert "no complete trial to ensemble yet" in cli("submit", comp, "--run-dir", run_dir, ok=False).output
 
 
-def test_timeout_stops_starting_trials(class_folder_competition, cli, tmp_path):
-    out = cli("search", class_folder_competition(), "--run-dir", tmp_path / "r", "--trials", "50",
-              "--timeout", "0.5").output
-    assert "timeout: 1 of 50 trials finished" in out
+def test_a_timeout_shorter_than_one_trial_is_said_before_training(class_folder_competition, cli, tmp_path):
+    result = cli("search", class_folder_competition(), "--run-dir", tmp_path / "r", "--trials", "50",
+                 "--timeout", "0.5", ok=False)
+    assert result.exit_code == 1 and "is too short for one complete trial" in result.output, result.output
+    assert not (tmp_path / "r" / "trials").exists()

@@ -236,7 +236,7 @@ def test_augmentation_moves_image_and_mask_together():
     masks = (labels == 0).astype(np.uint8)
     task = SegmentationTask.for_metric("dice", tile_size=1024)
     cfg = trial_config(image_size=32, augment="elastic", orientation="free")
-    data = FoldData(images[..., None], masks, np.arange(2), np.arange(0), images[:0, ..., None])
+    data = FoldData(images[..., None], masks, np.arange(2), np.arange(0))
     dataset = train_dataset(task, data, BatchPlan(cfg, 0, Drawing(), np.zeros(2, int), None, None))
     for _ in range(10):
         x, mask = dataset[0]

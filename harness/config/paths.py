@@ -16,8 +16,9 @@ runs/<name>/
     cache/                        decoded images per (listing, size, channels), memory-mapped .npy;
                                   digests.json: each data file's content digest (data/digests.py)
     trials/t0007/config.json      the trial's resolved configuration
-    trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, test.npy,
-                                  model.pt, history.csv
+    speed.json                    seconds a step of the models a search with a deadline timed, per machine
+    trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, model.pt, history.csv;
+                                  test.npy and test.json (written after it) once the trial joins an ensemble
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
@@ -56,7 +57,13 @@ class FoldPaths:
 
     @property
     def test(self) -> Path:
+        """The fold model's test predictions, made when its trial joins an ensemble (`submit`)."""
         return self.root / "test.npy"
+
+    @property
+    def test_json(self) -> Path:
+        """What test.npy predicted (the test listing's hash) and its size and SHA-1, written after it."""
+        return self.root / "test.json"
 
     @property
     def model(self) -> Path:
@@ -69,7 +76,7 @@ class FoldPaths:
 
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
 OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
-                       "cache", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
+                       "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
 
 
 def sqlite_lock(db_file: Path) -> Path:
@@ -120,6 +127,11 @@ class RunPaths:
     @property
     def options_json(self) -> Path:
         return self.root / "options.json"
+
+    @property
+    def speed_json(self) -> Path:
+        """This machine's measured seconds a step for the models a planned search times (`training/speed.py`)."""
+        return self.root / "speed.json"
 
     @property
     def folds_csv(self) -> Path:

@@ -109,9 +109,11 @@ def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: 
     """Prepare the study once, then run `workers` worker processes on it until it holds `trials`
     finished trials; their output is relayed, each line tagged with its worker. Raises SearchStopped
     naming the first worker that stopped with an error."""
-    prepare_search(run, echo)
+    deadline = None if timeout is None else time.time() + timeout
+    prepare_search(run, echo, deadline, timeout)
     envs = worker_environments(workers, storage=run.storage_url)
-    cmd = worker_command(run, competition, trials, timeout, quiet)
+    left = None if deadline is None else max(1.0, deadline - time.time())  # the same deadline for all
+    cmd = worker_command(run, competition, trials, left, quiet)
     echo(f"{workers} workers on {shown_url(run.storage_url)}" + _devices_note(envs))
     lock = threading.Lock()
     procs, relays, last = [], [], {}

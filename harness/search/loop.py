@@ -30,7 +30,9 @@ from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from ..files import remove_leftovers
 from ..training.device import use_cpu_share
 from ..training.weights import check_trainable
+from .budget import next_seconds, plan_search, promote
 from .objective import Objective
+from .plan import Plan
 from .space import enqueue_recipes
 from .study import (FINISHED, backup_sqlite, check_fingerprint, connect, count_finished, open_study, retry_damaged,
                     retry_interrupted)
@@ -52,18 +54,25 @@ def run_search(run: Run, trials: int, timeout: Optional[float] = None,
 
 def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str], None],
             quiet: bool) -> optuna.Study:
-    """`run_search`'s loop: a trial at a time while a slot of the `trials` is free."""
-    data, study, storage = prepare_search(run, echo)
+    """`run_search`'s loop: a trial at a time while a slot of the `trials` is free, and, with a
+    deadline, while the next one fits in the time left (promotions first: `budget.promote`)."""
+    deadline = time.time() + timeout if timeout else None
+    data, study, storage, plan = prepare_search(run, echo, deadline, timeout)
+    if deadline is not None:
+        record.set_deadline(study, deadline)
     slots = TrialSlots(study, storage, trials, slot_lock(storage, run))
-    objective = Objective(run, data, echo, quiet)
+    objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline)
     streak = _FailureStreak(echo)
     callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo)]
-    deadline = time.time() + timeout if timeout else None
     waiting = False
     while count_finished(study) < trials and not streak.tripped:
-        if deadline is not None and time.time() >= deadline:
-            echo(f"timeout: {count_finished(study)} of {trials} trials finished")
+        if deadline is not None and _out_of_time(study, plan, deadline, echo):
             break
+        if plan is not None:
+            with slots.lock():
+                line = promote(study, plan, None if deadline is None else deadline - time.time())
+            if line:
+                echo(line)
         try:
             _next_trial(slots, objective, callbacks)
         except NoSlot:
@@ -80,6 +89,11 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
             raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
         if objective.fault is not None:  # the trial was told FAIL and marked interrupted: stop
             raise SearchStopped(objective.fault)
+        if objective.cut is not None:
+            echo(objective.cut)
+            break
+    if deadline is not None:
+        echo(deadline_summary(study, trials, timeout, deadline))
     storage.remove_session()  # as `Study.optimize` ends
     if streak.tripped:
         raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
@@ -120,16 +134,46 @@ def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
     return finished
 
 
-def prepare_search(run: Run, echo: Callable[[str], None] = print) -> Tuple[SearchData, optuna.Study, RDBStorage]:
-    """The prepared data, the study and its storage: made by the first worker, found by the others."""
+def _out_of_time(study: optuna.Study, plan: Optional[Plan], deadline: float, echo: Callable[[str], None]) -> bool:
+    """Whether the search stops here: the deadline passed, or, once a trial is complete, the next
+    one would not end by it (its time as planned)."""
+    left = deadline - time.time()
+    if left <= 0:
+        return True
+    if plan is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return False
+    need = next_seconds(study, plan)
+    if need <= left:
+        return False
+    echo(f"the next trial needs about {need:.0f} s and {left:.0f} s are left: no trial starts")
+    return True
+
+
+def deadline_summary(study: optuna.Study, trials: int, timeout: float, deadline: float) -> str:
+    """What a search with a deadline did, in one line."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
+    spent = timeout - (deadline - time.time())
+    best = f"; best CV {study.best_value:.4f} (trial {study.best_trial.number})" if complete else ""
+    return (f"deadline: {spent:.0f} s of {timeout:g}: {complete} complete and {pruned} pruned trials in the study"
+            f" ({count_finished(study)} of --trials {trials}){best}"
+            + ("" if complete else "; nothing to submit yet: run the same command again to go on"))
+
+
+def prepare_search(run: Run, echo: Callable[[str], None] = print, deadline: Optional[float] = None,
+                   timeout: Optional[float] = None) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
+    """The prepared data, the study, its storage and its plan (for a `deadline`, a time.time(): the
+    seconds left once the data is ready, `budget.plan_search`): made by the first worker, found by
+    the others (`timeout`: the deadline's whole seconds, as the user gave them)."""
     run.paths.check_ours()
     ensure_writable(run.paths.root, run.paths.write_probe())
     with creation_lock(run):
         remove_leftovers(run.paths.root, legacy=True)  # what a killed run left half-written (none of a live one's)
-        return _create(run, echo)
+        return _create(run, echo, deadline, timeout)
 
 
-def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.Study, RDBStorage]:
+def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], timeout: Optional[float]
+            ) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
@@ -142,13 +186,16 @@ def _create(run: Run, echo: Callable[[str], None]) -> Tuple[SearchData, optuna.S
     check_fingerprint(study, run, data)
     save_folds(run.paths.folds_csv, data.samples, data.fold)
     run.remember_overrides()
-    for name in enqueue_recipes(study, run, data):
+    plan = plan_search(run, data, study, deadline, echo, timeout)  # a deadline too short is said here, before training
+    if plan is not None:
+        echo(plan.line)
+    for name in enqueue_recipes(study, run, data, plan):
         echo(f"recipe {name}: the first trial, within this search space")
     for number in retry_interrupted(study, storage):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
     for number, damage in retry_damaged(study, run):
         echo(f"trial {number}: {damage}: it runs again with the same parameters (its whole folds are read back)")
-    return data, study, storage
+    return data, study, storage, plan
 
 
 def _wait_for_others(slots: TrialSlots, run: Run, echo: Callable[[str], None]) -> None:

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from ..config.paths import Run
 from ..data.prepare import SearchData
-from ..errors import fault_line, is_machine_fault
+from ..errors import DeadlineReached, fault_line, is_machine_fault
 from ..files import write_file
 from ..training.config import TrialConfig
 from ..training.device import device
@@ -28,26 +28,34 @@ from ..training.fit import FoldData, FoldJob, fit_fold
 from ..training.store import DamagedFold, FoldResult, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
 from . import record
+from .plan import Plan
 from .progress import FoldProgress
-from .pruners import PRUNERS, fold_step, progress_step
+from .pruners import PRUNERS, BudgetPeers, fold_step, progress_step
 from .space import suggest_config
 
 
 class Objective:
     """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
 
-    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False) -> None:
+    def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False,
+                 plan: Optional[Plan] = None, stop_at: Optional[float] = None) -> None:
         self.run, self.data, self.echo, self.quiet = run, data, echo, quiet
+        self.plan, self.stop_at = plan, stop_at  # budgets planned for a deadline; the deadline (time.time())
         self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
+        self.cut: Optional[str] = None  # the trial the deadline cut, in one line
+        self._folds_done = 0
 
     def __call__(self, trial: optuna.Trial) -> float:
         record.mark_process(trial)
+        self.cut = None
         start = time.time()
         clock = PhaseClock(device())  # the trial's seconds by phase, whatever its end
         owner = trial.number  # until the storage says whose folds a retry reuses
         try:
-            cfg = suggest_config(trial, self.run, self.data)
+            cfg = suggest_config(trial, self.run, self.data, self.plan)
+            if self.plan is not None and record.budget(trial) is None:
+                record.set_budget(trial, cfg.steps)  # a new trial: the lowest rung
             owner = record.running_owner(trial)
             record.set_artifacts(trial, owner)
             write_file(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
@@ -59,6 +67,12 @@ class Objective:
                 record.set_head_scores(trial, self.data.task.head_scores(self.data.y, oof))
             return cv
         except optuna.TrialPruned:
+            raise
+        except DeadlineReached:
+            done = self._folds_done
+            self.cut = (f"trial {trial.number} cut at the deadline after {done} of {self.run.spec.folds} folds: "
+                        "they are kept, and the next `harness search` runs it again with the same parameters")
+            record.mark_interrupted(trial, "cut at the deadline")
             raise
         except KeyboardInterrupt:
             record.mark_interrupted(trial, "Ctrl-C")
@@ -84,9 +98,10 @@ class Objective:
     def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int, clock: PhaseClock) -> List[FoldResult]:
         fold = self.data.fold
         with clock("data"):
-            images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
+            images, _ = self.data.images(cfg.image_size, self.run.paths.cache_dir)  # the test set: at submit
             aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
         results: List[FoldResult] = []
+        self._folds_done = 0
         for k in range(self.run.spec.folds):
             out = self.run.paths.fold(owner, k)
             prefix = f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}"
@@ -99,14 +114,17 @@ class Objective:
                 progress = None if self.quiet else FoldProgress(self.echo, prefix, cfg.steps, cfg.metric)
                 try:
                     fold_data = FoldData(images, self.data.y, np.flatnonzero(fold != k),
-                                         np.flatnonzero(fold == k), test_images, aux_masks)
+                                         np.flatnonzero(fold == k), aux_masks)
+                    if self.stop_at is not None and time.time() >= self.stop_at:
+                        raise DeadlineReached(f"the deadline passed before fold {k + 1}")
                     result = fit_fold(cfg, self.data.task, fold_data, FoldJob(
                         k, out, self._eval_reporter(trial, cfg, k, progress),
-                        record={"test_hash": self.data.test_hash}, clock=clock))
+                        clock=clock, stop_at=self.stop_at))
                 finally:
                     if progress is not None:
                         progress.close()
             results.append(result)
+            self._folds_done = len(results)
             if not self.quiet:
                 self.echo(f"{prefix}: {cfg.metric} {result.score:.4f}" + (
                     " (reused from disk)" if result.reused else
@@ -154,7 +172,8 @@ class Objective:
 
     def _prune(self, trial: optuna.Trial, where: str, value: float, step: int) -> None:
         """Stop the trial, saying at what progress and against what (stored as `pruned`, shown by status)."""
-        reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(trial.study, trial.number, step)
+        peers = BudgetPeers(trial.study, record.budget(trial))  # as the pruner compared it: at its budget
+        reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(peers, trial.number, step)
         record.set_pruned(trial, reason)
         raise optuna.TrialPruned(reason)
 
@@ -167,7 +186,8 @@ def _record_time(trial: optuna.Trial, clock: PhaseClock, seconds: float) -> None
 
 
 def against(study: optuna.Study, number: int, step: int) -> str:
-    """What a report at `step` is compared with: the other finished trials' median and best there."""
+    """What a report at `step` is compared with: the other finished trials' median and best there
+    (`study`: the trials of the same budget, `BudgetPeers`)."""
     others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.PRUNED)) if t.number != number and step in t.intermediate_values]
     if not others:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Union
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -32,7 +32,11 @@ PRUNED = "pruned"  # at what progress it was pruned, and against what
 RECIPE = "recipe"  # the recipe an enqueued trial stands for
 RETRY_OF = "retry_of"  # a retry: the trial whose folder (and finished folds) it reuses
 RETRY_SOURCE = "retry_source"  # a retry: the trial it runs again (each is retried once)
+BUDGET = "budget"  # a planned search (`budget.py`): the trial's optimizer steps a fold, its rung's
+PROMOTED_FROM = "promoted_from"  # a trial run again at the next rung's budget: the one it was promoted from
 # --- study attributes ---
+PLAN = "plan"  # the budgets planned from measured speed for a deadline (`budget.Plan`)
+DEADLINE = "deadline"  # when the latest search with --timeout ends (seconds since the epoch)
 WORKER_STARTS = "worker_starts"  # searches started on the study (each draws with a seed of its own)
 FINGERPRINT = "fingerprint"  # search space, data and folds the study was started with
 
@@ -110,6 +114,24 @@ def busy(trial: FrozenTrial) -> Optional[float]:
     return trial.user_attrs.get(BUSY)
 
 
+def budget(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[int]:
+    """The trial's optimizer steps a fold: its rung's in a planned search, else the drawn `steps`."""
+    steps = trial.user_attrs.get(BUDGET, trial.params.get("steps"))
+    return None if steps is None else int(steps)
+
+
+def promoted_from(trial: FrozenTrial) -> Optional[int]:
+    return trial.user_attrs.get(PROMOTED_FROM)
+
+
+def plan(study: optuna.Study) -> Optional[dict]:
+    return study.user_attrs.get(PLAN)
+
+
+def deadline(study: optuna.Study) -> Optional[float]:
+    return study.user_attrs.get(DEADLINE)
+
+
 def fingerprint(study: optuna.Study) -> Optional[dict]:
     return study.user_attrs.get(FINGERPRINT)
 
@@ -159,9 +181,22 @@ def set_pruned(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(PRUNED, reason)
 
 
-def retry_attrs(owner: int, source: int) -> Dict[str, int]:
-    """The attributes of an enqueued retry of trial `source`, whose folds are in `owner`'s folder."""
-    return {RETRY_OF: owner, RETRY_SOURCE: source}
+def set_budget(trial: optuna.Trial, steps: int) -> None:
+    trial.set_user_attr(BUDGET, steps)
+
+
+def retry_attrs(owner: int, source: FrozenTrial) -> Dict[str, int]:
+    """The attributes of an enqueued retry of trial `source`, whose folds are in `owner`'s folder: a
+    planned trial's budget goes with it (the same steps: its finished folds are reused)."""
+    attrs = {RETRY_OF: owner, RETRY_SOURCE: source.number}
+    if BUDGET in source.user_attrs:
+        attrs[BUDGET] = source.user_attrs[BUDGET]
+    return attrs
+
+
+def promotion_attrs(source: FrozenTrial, steps: int) -> Dict[str, int]:
+    """The attributes of trial `source` enqueued again at the next rung's budget."""
+    return {BUDGET: steps, PROMOTED_FROM: source.number}
 
 
 def recipe_attrs(name: str) -> Dict[str, str]:
@@ -178,3 +213,11 @@ def count_worker_start(study: optuna.Study) -> int:
 
 def set_fingerprint(study: optuna.Study, value: dict) -> None:
     study.set_user_attr(FINGERPRINT, value)
+
+
+def set_plan(study: optuna.Study, value: dict) -> None:
+    study.set_user_attr(PLAN, value)
+
+
+def set_deadline(study: optuna.Study, at: float) -> None:
+    study.set_user_attr(DEADLINE, round(at, 1))

@@ -1,7 +1,7 @@
 """The search space: one trial's configuration drawn from the spec's `search` section."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import optuna
 
@@ -13,24 +13,32 @@ from ..training.models import choose_model
 from ..training.recipes import RECIPES, projected, recipe_names
 from ..training.weights import resolve_weights
 from . import record
+from .plan import Plan
 
 
-def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConfig:
-    """The trial's draw of every searched key; the rest from the spec and the data."""
+def suggest_config(trial: optuna.Trial, run: Run, data: SearchData, plan: Optional[Plan] = None) -> TrialConfig:
+    """The trial's draw of every searched key; the rest from the spec and the data. With a `plan`
+    (a search with a deadline), the steps are not drawn: they are the trial's rung's (the lowest
+    for a new trial), and the image sizes and validations are the plan's."""
     s = run.spec.search
+    if plan is None:
+        steps, sizes, evals = trial.suggest_categorical("steps", s.steps), s.image_size, s.evals
+    else:
+        steps = record.budget(trial) or plan.rungs[0]
+        sizes, evals = list(plan.image_sizes), plan.evals_at(steps)
     heads = data.task.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
     model = choose_model(trial, run.spec, data.task, data.channels)
     return TrialConfig(
         backbone=model.name, model_family=model.family,
-        image_size=trial.suggest_categorical("image_size", s.image_size),
+        image_size=trial.suggest_categorical("image_size", sizes),
         augment=trial.suggest_categorical("augment", s.augment),
         loss=[trial.suggest_categorical(name, s.loss) for name in loss_names],
         imbalance=trial.suggest_categorical("imbalance", s.imbalance),
         lr=trial.suggest_float("lr", min(s.lr), max(s.lr), log=True),
         weight_decay=trial.suggest_float("weight_decay", min(s.weight_decay), max(s.weight_decay), log=True),
         batch_size=trial.suggest_categorical("batch_size", s.batch_size),
-        steps=trial.suggest_categorical("steps", s.steps), evals=s.evals, patience=s.patience, keep=s.keep,
+        steps=steps, evals=evals, patience=s.patience, keep=s.keep,
         pretrained=resolve_weights(s.pretrained, model.name), tta=s.tta, seed=run.spec.seed,
         channels=data.channels, orientation=run.spec.orientation, metric=run.spec.metric,
         num_classes=data.task.width,
@@ -39,17 +47,28 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData) -> TrialConf
     )
 
 
-def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData) -> List[str]:
+def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData, plan: Optional[Plan] = None) -> List[str]:
     """Enqueue the spec's recipes as the first trials of a new study; their names (none on a resume)."""
     if study.get_trials(deepcopy=False):
         return []
     names = recipe_names(run.spec)
     for name in names:
-        study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data), user_attrs=record.recipe_attrs(name))
+        study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data, plan),
+                            user_attrs=record.recipe_attrs(name))
     return names
 
 
-def recipe_params(recipe: dict, run: Run, data: SearchData) -> dict:
+def recipe_config(run: Run, data: SearchData, image_size: int) -> TrialConfig:
+    """The configuration of the study's first recipe (else the space's first draw) at `image_size`:
+    what a planned search times."""
+    names = recipe_names(run.spec)
+    params = recipe_params(RECIPES.get(names[0])(run.spec), run, data) if names else {}
+    probe_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # in memory
+    probe_study.enqueue_trial({**params, "image_size": image_size})
+    return suggest_config(probe_study.ask(), run, data)
+
+
+def recipe_params(recipe: dict, run: Run, data: SearchData, plan: Optional[Plan] = None) -> dict:
     """The recipe projected onto the keys a trial of its path draws: which keys a trial draws can
     depend on a drawn value (the family), so the projection is repeated on a probe trial that
     takes the projected values, until it no longer changes."""
@@ -59,7 +78,7 @@ def recipe_params(recipe: dict, run: Run, data: SearchData) -> dict:
         if params:
             probe_study.enqueue_trial(params)
         probe = probe_study.ask()
-        suggest_config(probe, run, data)
+        suggest_config(probe, run, data, plan)
         new = projected(recipe, probe.distributions)
         if new == params:
             break

@@ -37,7 +37,7 @@ from ..tasks import task_type
 from ..training.config import HOW_FIELDS
 from ..training.store import first_damage
 from . import record
-from .pruners import PRUNERS
+from .pruners import study_pruner
 from .workers import storage_trial_id, worker_seed
 
 # Heartbeats and their retry callback are marked experimental; they are what scale-out relies on.
@@ -77,7 +77,7 @@ def create_study(run: Run, storage: Optional[RDBStorage] = None) -> optuna.Study
     direction = task_type(run.spec).metrics.get(run.spec.metric).direction
     run.remember_storage()
     study = optuna.create_study(study_name=run.study_name, storage=storage, load_if_exists=True,
-                                direction=direction, pruner=PRUNERS.get(run.spec.search.pruner)(run.spec.search))
+                                direction=direction, pruner=study_pruner(run.spec.search))
     # constant_liar: a worker's draw treats the others' running trials as done badly, so that
     # workers explore apart
     study.sampler = optuna.samplers.TPESampler(seed=worker_seed(study, run.spec.seed), n_startup_trials=5,
@@ -109,7 +109,7 @@ def retry_interrupted(study: optuna.Study, storage: RDBStorage) -> List[int]:
                 continue  # failed meanwhile by a heartbeat check, which retries it
         elif not record.interrupted(t):
             continue  # a real failure: retrying would fail again
-        study.enqueue_trial(t.params, user_attrs=record.retry_attrs(record.artifact_owner(t), t.number))
+        study.enqueue_trial(t.params, user_attrs=record.retry_attrs(record.artifact_owner(t), t))
         numbers.append(t.number)
     return numbers
 
@@ -136,7 +136,7 @@ def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
     for owner, t in record.latest_per_folder([t for t in trials if t.state == TrialState.COMPLETE]).items():
         damage = None if t.number in retried else first_damage(run.paths, owner, run.spec.folds)
         if damage is not None:
-            study.enqueue_trial(t.params, user_attrs=record.retry_attrs(owner, t.number))
+            study.enqueue_trial(t.params, user_attrs=record.retry_attrs(owner, t))
             out.append((t.number, damage.line(run.paths.root)))
     return out
 

@@ -8,12 +8,13 @@ index (AUC and log-loss competitions report it; label submissions use it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..tasks.base import Task
 from ..tasks.metrics import is_better
+from ..training.store import FoldResult
 
 
 @dataclass
@@ -21,7 +22,9 @@ class TrialPredictions:
     number: int
     cv: float
     oof: np.ndarray  # n_train × ΣC, sample order
-    test: np.ndarray  # n_test × ΣC, averaged over folds
+    owner: int = -1  # the trial folder its folds are in
+    folds: List[FoldResult] = field(default_factory=list)
+    test: Optional[np.ndarray] = None  # n_test × ΣC, averaged over folds: a member's, once predicted
 
 
 @dataclass

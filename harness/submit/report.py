@@ -31,6 +31,8 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             note = (note + f" recipe {record.recipe(t)}").strip()
         if record.artifact_owner(t) != t.number:  # after a Ctrl-C, a kill or a stopped heartbeat
             note = (note + f" retry of #{record.artifact_owner(t)}").strip()
+        if record.promoted_from(t) is not None:
+            note = (note + f" promoted from #{record.promoted_from(t)}").strip()
         if record.reused_folds(t):
             note = (note + f" reused folds {record.reused_folds(t)}").strip()
         seconds = t.duration.total_seconds() if t.duration else None
@@ -40,6 +42,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
             "cv": t.value if t.state == TrialState.COMPLETE else np.nan, **heads,
             "folds": " ".join(f"{s:.3f}" for s in folds),
             **{k: _short(v) for k, v in t.params.items()},
+            **({"steps": record.budget(t)} if "steps" not in t.params and record.budget(t) else {}),  # a rung's
             "seconds": round(seconds, 1) if seconds is not None else None,
             "busy": record.busy(t), "note": note,  # share of the seconds that ran the model
         })

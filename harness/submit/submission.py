@@ -1,4 +1,6 @@
-"""Finished trials → ensemble → test predictions → a checked submission file in the declared format."""
+"""Finished trials → ensemble on OOF → its members' test predictions → a checked submission file in the
+declared format. Only the members predict the test set, from their fold checkpoints, once (kept in
+their folds for the next submit): the search never does."""
 from __future__ import annotations
 
 import functools
@@ -16,8 +18,8 @@ from ..errors import SpecError
 from ..files import Staged
 from ..search.record import latest_per_folder
 from ..search.study import read_study
-from ..training.predict import trial_predictions
-from ..training.store import DamagedFold, pool_folds
+from ..training.predict import fold_tests
+from ..training.store import DamagedFold, load_trial_folds, pool_folds
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .page import write_report
@@ -26,7 +28,7 @@ from .report import oof_lines, oof_report
 
 def run_ensemble(run: Run, echo: Callable[[str], None] = print
                  ) -> Tuple[SearchData, optuna.Study, List[TrialPredictions], Ensemble]:
-    """The prepared data, the study, every complete trial's predictions and their greedy ensemble."""
+    """The prepared data, the study, every complete trial's OOF predictions and their greedy ensemble."""
     data = prepare_data(run)
     study = read_study(run)
     preds = load_trial_predictions(run, study, data, echo)
@@ -40,7 +42,7 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     """Write `<run-dir>/<submission.file>`, `ensemble.json` and report.html, all or none of them (a
     full disk half-way leaves the previous ones as they were); returns the submission's path."""
     data, study, preds, ens = run_ensemble(run, echo)
-    test = ens.blend({p.number: p.test for p in preds})
+    preds, ens, test = member_tests(run, data, preds, ens, echo)
     out = run.paths.submission(run.spec.submission.file)
     with Staged(into=run.paths.root) as stage:  # what a killed submit left half-written is removed first
         written = FORMATS.get(run.spec.submission.format)(run.spec, out, data, test, ens.thresholds, stage)
@@ -88,32 +90,62 @@ def _threshold_note(ens: Ensemble, preds: List[TrialPredictions]) -> str:
 
 def load_trial_predictions(run: Run, study, data: SearchData,
                            echo: Callable[[str], None] = lambda line: None) -> List[TrialPredictions]:
-    """OOF and fold-averaged test predictions of every COMPLETE trial, read from the run directory;
-    a trial whose predictions are not finite (a diverged model, finished before this was checked),
-    or whose files are damaged, is left out, in a line."""
+    """The OOF predictions of every COMPLETE trial, read from the run directory, with its folds; a
+    trial whose predictions are not finite (a diverged model, finished before this was checked), or
+    whose files are damaged, is left out, in a line."""
     preds, damaged = [], []
     n_train = len(data.samples.train)
-    test_images = functools.partial(data.test_images, cache=run.paths.cache_dir)
     for owner, t in latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).items():
         try:
-            found = trial_predictions(run.paths, owner, run.spec.folds, data.task, data.test_hash, test_images)
+            folds = load_trial_folds(run.paths, owner, run.spec.folds)
         except DamagedFold as err:
             damaged.append(f"trial {t.number} left out: {err.line(run.paths.root)}")
             continue
-        if found is None:
+        if folds is None:
             continue  # its files were removed by hand: skip rather than guess
-        folds, tests = found
         # checked before pooling: percentiles of NaN scores would look finite
-        if not all(np.isfinite(f.oof).all() and np.isfinite(test).all() for f, test in zip(folds, tests)):
+        if not all(np.isfinite(f.oof).all() for f in folds):
             echo(f"trial {t.number} left out: its predictions are not finite (the model diverged)")
             continue
-        oof, test = pool_folds(folds, n_train, data.task, tests)
-        preds.append(TrialPredictions(number=t.number, cv=t.value, oof=oof, test=test))
+        oof, _ = pool_folds(folds, n_train, data.task)
+        preds.append(TrialPredictions(number=t.number, cv=t.value, oof=oof, owner=owner, folds=folds))
     # the next search runs such a trial again first, with its parameters: it needs a slot of --trials
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     for line in damaged:
         echo(f"{line}; `harness search --trials {finished + len(damaged)}` trains its damaged folds again")
     return preds
+
+
+def member_tests(run: Run, data: SearchData, preds: List[TrialPredictions], ens: Ensemble,
+                 echo: Callable[[str], None]) -> Tuple[List[TrialPredictions], Ensemble, np.ndarray]:
+    """The ensemble's blended test predictions, each member's pooled from its fold models' (made from
+    their checkpoints unless kept from an earlier submit). A member whose test predictions are not
+    finite, or whose model does not load, is left out, in a line, and the ensemble chosen again."""
+    test_images = functools.partial(data.test_images, cache=run.paths.cache_dir)
+    while True:
+        by_number = {p.number: p for p in preds}
+        problem = None
+        for number in ens.weights:
+            p = by_number[number]
+            if p.test is not None:
+                continue
+            try:
+                tests = fold_tests(run.paths, p.owner, p.folds, data.task, data.test_hash, test_images)
+            except DamagedFold as err:
+                problem = err.line(run.paths.root)
+            else:
+                if all(np.isfinite(t).all() for t in tests):
+                    p.test = pool_folds(p.folds, len(data.samples.train), data.task, tests)[1]
+                    continue
+                problem = "its test predictions are not finite (the model diverged)"
+            echo(f"trial {number} left out: {problem}")
+            preds = [q for q in preds if q.number != number]
+            break
+        if problem is None:
+            return preds, ens, ens.blend({n: by_number[n].test for n in ens.weights})
+        if not preds:
+            raise SpecError(f"study {run.study_name!r}: no complete trial whose models predict the test set")
+        ens = build_ensemble(preds, data.y, data.task)
 
 
 def _ensemble_record(ens: Ensemble, run: Run) -> dict:

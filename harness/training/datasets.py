@@ -24,13 +24,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class FoldData:
-    """The arrays one fold reads: every training image and label, the split, the test images."""
+    """The arrays one fold reads: every training image and label, and the split."""
 
     images: np.ndarray  # decoded uint8 N×H×W×C, memory-mapped or not
     y: np.ndarray  # N × H class indices (one column per head), or N × H × W masks
     train_idx: np.ndarray  # the rows trained on
     val_idx: np.ndarray  # the rows validated on: they become out-of-fold predictions
-    test_images: np.ndarray
     aux_masks: Optional[np.ndarray] = None  # N × size × size: the auxiliary mask head's targets
 
 

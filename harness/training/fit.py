@@ -1,8 +1,10 @@
-"""Fit one fold: a trial config + decoded images + a fold split → OOF and test predictions on disk.
+"""Fit one fold: a trial config + decoded images + a fold split → OOF predictions and the model on disk.
 
 What a fold does, in order (one function each): `set_up` the model, loss, batches and optimiser;
 `train_steps`, validating at evenly spaced steps, stopping early, ending with the last (or best)
 weights; `predict_fold` with them (flip TTA); then `store.save_fold` writes it, `done.json` last.
+The test set is not predicted here: only a trial that joins an ensemble needs it, and its fold
+models predict it then, from their checkpoints (`predict.fold_tests`), off the search's path.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from ..config.paths import FoldPaths
+from ..errors import DeadlineReached
 from ..tasks.losses import AuxMaskLoss
 from ..tasks.metrics import is_better
 from .augment import tta_views
@@ -47,8 +50,9 @@ class FoldJob:
     fold: int  # seeds the fold (with the trial's seed) and names it in its results
     out: FoldPaths
     on_eval: Optional[EvalCallback] = None  # told (share of the steps done, score) after each validation
-    record: Optional[dict] = None  # merged into done.json (the search stores the test listing's hash there)
+    record: Optional[dict] = None  # merged into done.json
     clock: Optional[PhaseClock] = None  # charged the fold's seconds by phase, as they pass
+    stop_at: Optional[float] = None  # a deadline (time.time()): the fold stops there, DeadlineReached
 
 
 @dataclass
@@ -81,10 +85,10 @@ def fit_fold(cfg: TrialConfig, task: "Task", data: FoldData, job: FoldJob) -> Fo
         setup = set_up(cfg, task, data, job.fold)
     history, kept_step = train_steps(cfg, task, setup, data, job)
     with clock("predict"):
-        oof, test = predict_fold(cfg, setup, data)
+        oof = predict_fold(cfg, setup, data)
         y_val = data.y[data.val_idx]
         result = FoldResult(fold=job.fold, score=task.score(y_val, oof), val_index=data.val_idx, oof=oof,
-                            test=test, kept_step=kept_step, val_loss=task.nll(y_val, oof),
+                            kept_step=kept_step, val_loss=task.nll(y_val, oof),
                             seconds=time.time() - start)
     feed = {"augmented_on": "device" if setup.val_images is not data.images else "workers"}  # what `auto` chose
     result.timing = clock.rounded()
@@ -149,7 +153,7 @@ def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, data: FoldData,
     for at in eval_points(cfg.steps, cfg.evals):
         t0 = time.time()
         with clock("train"):
-            train_loss = _train_steps(s, stream, range(done, at), cfg, clock)
+            train_loss = optimizer_steps(s, stream, range(done, at), cfg, clock, job.stop_at)
         done = at
         with clock("validate"):
             proba = s.predict(s.val_images, val_idx, ["id"])
@@ -176,12 +180,16 @@ def improves(score: float, loss: float, best_score: Optional[float], best_loss: 
     return is_better(score, best_score, direction) or (tie and loss < best_loss)
 
 
-def _train_steps(s: FoldSetup, stream: Iterator, steps: range, cfg: TrialConfig, clock: PhaseClock) -> float:
-    """Optimizer `steps` (0-based) on the next batches of `stream`; their mean loss (one sync at the end)."""
+def optimizer_steps(s: FoldSetup, stream: Iterator, steps: range, cfg: TrialConfig, clock: PhaseClock,
+                    stop_at: Optional[float] = None) -> float:
+    """Optimizer `steps` (0-based) on the next batches of `stream`; their mean loss (one sync at the
+    end). DeadlineReached when `stop_at` (a time.time()) passes before the last."""
     dev = next(s.model.parameters()).device
     s.model.train()
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
     for step, (x, target) in zip(steps, stream):
+        if stop_at is not None and time.time() >= stop_at:
+            raise DeadlineReached(f"the deadline passed at step {step} of {cfg.steps}")
         s.schedule(step)
         with torch.autocast(dev.type, dtype=s.amp or torch.float32, enabled=s.amp is not None):
             loss = s.loss_fn(s.net(x), target)
@@ -213,14 +221,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> Callable[[int
     return lambda step: scheduler.step_update(step + 1 if step < warm else step)
 
 
-def predict_fold(cfg: TrialConfig, s: FoldSetup, data: FoldData) -> Tuple[np.ndarray, np.ndarray]:
-    """OOF and test predictions of the kept weights, with flip TTA where the orientation allows it."""
+def predict_fold(cfg: TrialConfig, s: FoldSetup, data: FoldData) -> np.ndarray:
+    """OOF predictions of the kept weights, with flip TTA where the orientation allows it."""
     views = tta_views(cfg.orientation) if cfg.tta else ["id"]
     oof = s.predict(s.val_images, data.val_idx, views)
-    test = s.predict(data.test_images, np.arange(len(data.test_images)), views)
     check_finite(oof, "out-of-fold predictions", cfg)
-    check_finite(test, "test predictions", cfg)
-    return oof, test
+    return oof
 
 
 def _loss(cfg: TrialConfig, task: "Task", y_train: np.ndarray,

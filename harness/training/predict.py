@@ -5,7 +5,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .config import TrialConfig
 from .device import amp_dtype, device
 from .feed import eval_batches
 from .models import create_model, normalisation
-from .store import DamagedFold, FoldResult, load_trial_config, load_trial_folds
+from .store import DamagedFold, FoldResult, load_test, load_trial_config, save_test
 
 if TYPE_CHECKING:
     from ..tasks.base import Task
@@ -48,7 +48,7 @@ def predict_proba(model: torch.nn.Module, images: Union[np.ndarray, torch.Tensor
 
 
 def predict_from_checkpoint(cfg: TrialConfig, task: "Task", fold: FoldPaths, images: np.ndarray) -> np.ndarray:
-    """Re-predict `images` with a fold's saved model (used when the test set changed since training)."""
+    """Predict `images` with a fold's saved model, with the trial's flip TTA."""
     dev = device()
     model = create_model(cfg, pretrained=False)  # the checkpoint's weights replace any
     try:
@@ -117,15 +117,18 @@ def _unview(p: torch.Tensor, view: str) -> torch.Tensor:
     return p if p.ndim < 3 else _view(p[:, None], view)[:, 0]
 
 
-def trial_predictions(paths: RunPaths, owner: int, n_folds: int, task: "Task", test_hash: str,
-                      test_images: Callable[[int], np.ndarray]) -> Optional[Tuple[List[FoldResult], List[np.ndarray]]]:
-    """A finished trial's folds and each fold's test predictions: as stored, or, for a fold trained on
-    another test set, fresh from its checkpoint on `test_images(image_size)` (the trial's config.json
-    read once, and only then). None when a fold's files were removed; DamagedFold when one is not whole."""
-    folds = load_trial_folds(paths, owner, n_folds)
-    if folds is None or all(f.test_hash == test_hash for f in folds):
-        return None if folds is None else (folds, [f.test for f in folds])
+def fold_tests(paths: RunPaths, owner: int, folds: List[FoldResult], task: "Task", test_hash: str,
+               test_images: Callable[[int], np.ndarray]) -> List[np.ndarray]:
+    """Each fold model's test predictions (with the trial's TTA) for the test listing `test_hash`: as
+    kept by an earlier submit, else made now from the fold's checkpoint on `test_images(image_size)`
+    (the trial's config.json read once, and only then) and kept (`store.save_test`)."""
+    tests = [load_test(paths.fold(owner, f.fold), test_hash, f.oof.shape[1:]) for f in folds]
+    if all(t is not None for t in tests):
+        return tests
     cfg = load_trial_config(paths, owner)
     images = test_images(cfg.image_size)
-    return folds, [f.test if f.test_hash == test_hash else
-                   predict_from_checkpoint(cfg, task, paths.fold(owner, f.fold), images) for f in folds]
+    for i, f in enumerate(folds):
+        if tests[i] is None:
+            tests[i] = save_test(paths.fold(owner, f.fold), predict_from_checkpoint(
+                cfg, task, paths.fold(owner, f.fold), images), test_hash)
+    return tests

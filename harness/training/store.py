@@ -1,4 +1,5 @@
-"""The fold store: each fold's OOF and test predictions, model and history on disk, and their reuse.
+"""The fold store: each fold's OOF predictions, model and history on disk, and their reuse; and the
+test predictions a fold model makes once its trial joins an ensemble (`save_test`, `load_test`).
 
 A fold is finished when its `done.json` exists (written last, atomically): a fold killed half-way
 is trained again, a finished one is read back as it is, if it was trained with the same trial
@@ -36,16 +37,16 @@ class FoldResult:
     score: float
     val_index: np.ndarray
     oof: np.ndarray  # len(val_index) × C probabilities
-    test: np.ndarray  # n_test × C probabilities
     kept_step: int  # the step whose weights predicted
     val_loss: float
     seconds: float
     reused: bool = False
     timing: Dict[str, float] = field(default_factory=dict)  # seconds by phase (timing.py)
-    test_hash: Optional[str] = None  # of the test listing its `test` predicted (read back from done.json)
+    test: Optional[np.ndarray] = None  # n_test × C probabilities, once predicted (`load_test`)
 
 
-FOLD_FILES = ("oof.npy", "val_index.npy", "test.npy", "model.pt", "history.csv")  # recorded in done.json
+# recorded in done.json; test.npy is not a fold's: it is made later, from model.pt, and recorded in test.json
+FOLD_FILES = ("oof.npy", "val_index.npy", "model.pt", "history.csv")
 DONE_KEYS = ("fold", "score", "kept_step", "val_loss", "seconds", "config")
 
 
@@ -80,13 +81,12 @@ def save_fold(out: FoldPaths, result: FoldResult, model: torch.nn.Module, histor
     csv = history.to_csv(index=False).encode()
     writers: Dict[Path, Callable[[BinaryIO], Any]] = {
         out.oof: lambda h: np.save(h, compact(result.oof)), out.val_index: lambda h: np.save(h, result.val_index),
-        out.test: lambda h: np.save(h, compact(result.test)), out.model: lambda h: torch.save(state, h),
-        out.history: lambda h: h.write(csv)}
+        out.model: lambda h: torch.save(state, h), out.history: lambda h: h.write(csv)}
     files = {path.name: _write_recorded(path, write) for path, write in writers.items()}
     result.timing["save"] = round(result.timing.get("save", 0.0) + time.perf_counter() - started, 3)
     done = {"fold": result.fold, "score": result.score, "kept_step": result.kept_step,
             "val_loss": result.val_loss, "seconds": round(result.seconds, 2),
-            "config": digest, "n_val": len(result.val_index), "n_test": len(result.test),
+            "config": digest, "n_val": len(result.val_index),
             "timing": result.timing, "files": files, **record}
     write_file(out.done, json.dumps(done, indent=1))
 
@@ -147,11 +147,11 @@ def load_fold(out: FoldPaths, digest: Optional[str] = None) -> Optional[FoldResu
     if done is None or (digest is not None and done["config"] != digest):
         return None
     _check_recorded(out, done)
-    val_index, oof, test = (_load_array(path) for path in (out.val_index, out.oof, out.test))
-    _check_shapes(out, done, val_index, oof, test)
-    return FoldResult(fold=done["fold"], score=done["score"], val_index=val_index, oof=oof, test=test,
+    val_index, oof = (_load_array(path) for path in (out.val_index, out.oof))
+    _check_shapes(out, done, val_index, oof)
+    return FoldResult(fold=done["fold"], score=done["score"], val_index=val_index, oof=oof,
                       kept_step=done["kept_step"], val_loss=done["val_loss"], seconds=done["seconds"],
-                      reused=True, timing=done.get("timing", {}), test_hash=done.get("test_hash"))
+                      reused=True, timing=done.get("timing", {}))
 
 
 def _check_recorded(out: FoldPaths, done: dict, quick: bool = False) -> None:
@@ -196,17 +196,41 @@ def _load_array(path: Path) -> np.ndarray:
     return array
 
 
-def _check_shapes(out: FoldPaths, done: dict, val_index: np.ndarray, oof: np.ndarray, test: np.ndarray) -> None:
-    """The arrays are the fold's: as many validation indices and OOF rows as its images, as many
-    test rows as the test set had (the counts done.json recorded), rows of one shape."""
-    n_val, n_test = done.get("n_val", len(val_index)), done.get("n_test", len(test))
+def _check_shapes(out: FoldPaths, done: dict, val_index: np.ndarray, oof: np.ndarray) -> None:
+    """The arrays are the fold's: as many validation indices and OOF rows as its images (the count
+    done.json recorded)."""
+    n_val = done.get("n_val", len(val_index))
     if val_index.ndim != 1 or not np.issubdtype(val_index.dtype, np.integer) or len(val_index) != n_val:
         raise DamagedFold(out.val_index, f"{val_index.dtype} array of shape {val_index.shape}, "
                                          f"expected {n_val} image indices")
     if len(oof) != n_val:
         raise DamagedFold(out.oof, f"{len(oof)} rows, expected {n_val} (one per validation image)")
-    if len(test) != n_test or test.shape[1:] != oof.shape[1:]:
-        raise DamagedFold(out.test, f"shape {test.shape}, expected {n_test} rows of shape {oof.shape[1:]}")
+
+
+def save_test(out: FoldPaths, test: np.ndarray, test_hash: str) -> np.ndarray:
+    """Keep a fold model's test predictions: test.npy, then test.json, which records the test listing
+    they are of (`test_hash`), their rows and the file's size and SHA-1. Returns them as kept (maps
+    in half precision), so that a submit now and one later blend the same numbers."""
+    compact = test.astype(np.float16) if test.ndim > 2 else test  # maps: half size, as OOF
+    written = _write_recorded(out.test, lambda h: np.save(h, compact))
+    write_file(out.test_json, json.dumps({"test_hash": test_hash, "rows": len(test), **written}))
+    return compact
+
+
+def load_test(out: FoldPaths, test_hash: str, row_shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+    """The fold model's kept test predictions of the test listing `test_hash`, rows of `row_shape`;
+    None when there are none, they are of another listing, or test.npy is not the file recorded (cut
+    off, changed): they are made again from the model, which is the fold's."""
+    try:
+        record = json.loads(out.test_json.read_bytes())
+        if not isinstance(record, dict) or record.get("test_hash") != test_hash:
+            return None
+        if out.test.stat().st_size != record.get("bytes") or file_hash(out.test) != record.get("sha1"):
+            return None
+        test = _load_array(out.test)
+    except (OSError, ValueError, DamagedFold):
+        return None
+    return test if len(test) == record.get("rows") and test.shape[1:] == tuple(row_shape) else None
 
 
 def load_trial_folds(paths: RunPaths, owner: int, n_folds: int) -> Optional[List[FoldResult]]:
@@ -242,14 +266,17 @@ def load_trial_config(paths: RunPaths, owner: int) -> TrialConfig:
 
 
 def pool_folds(results: List[FoldResult], n: int, task: "Task",
-               tests: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+               tests: Optional[List[np.ndarray]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The trial's OOF predictions in sample order (n × C, or n × H × W) and its test predictions
-    averaged over the fold models (`tests`, one per fold, else the stored ones), each fold first
-    put on the task's common scale (`Task.common_scale`: percentiles for rank metrics)."""
+    averaged over the fold models (`tests`, one per fold, else the results' own; None when a fold
+    has none), each fold first put on the task's common scale (`Task.common_scale`: percentiles for
+    rank metrics)."""
+    tests = tests if tests is not None else [r.test for r in results]
+    with_test = all(t is not None for t in tests)
     oof = np.full((n,) + results[0].oof.shape[1:], np.nan, dtype=np.float32)
     test_sum = None
-    for r, test in zip(results, tests if tests is not None else [r.test for r in results]):
-        fold_oof, fold_test = task.common_scale(r.oof, test)
+    for r, test in zip(results, tests):
+        fold_oof, fold_test = task.common_scale(r.oof, test if with_test else r.oof[:0])
         oof[r.val_index] = fold_oof
         test_sum = fold_test.astype(np.float64) if test_sum is None else test_sum + fold_test
-    return oof, (test_sum / len(results)).astype(np.float32)
+    return oof, (test_sum / len(results)).astype(np.float32) if with_test else None

@@ -1,0 +1,132 @@
+"""A search with a deadline (`--timeout`): its plan made from measured speed, and promotions up its rungs.
+
+Before the first trial of a new study searched with a deadline, the first recipe's model is timed on
+this machine at each searched image size (a few optimizer steps, `training/speed.py`, kept in the
+run dir's speed.json) and the plan is made from those seconds (`plan.py`), said in one line and kept
+on the study: a resume keeps its budgets, whatever its own deadline.
+
+Multi-fidelity, as asynchronous successive halving (ASHA): a new trial runs at the lowest rung;
+before a trial starts, the best complete trial of a rung that is in its rung's best 1/η and not
+promoted yet runs again, a new trial with the same parameters, at the next rung, if the time left
+allows it (`promote`). Each complete trial is a whole k-fold at its own budget: its CV is honest,
+it is ranked only against its rung, the pruner compares at equal budget (`pruners.EqualBudget`),
+and the ensemble may mix rungs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config.paths import Run
+from ..data.prepare import SearchData
+from ..training.augment import tta_views
+from ..training.datasets import FoldData
+from ..training.speed import Speed, measured_speed, read_speeds, speed_key
+from . import record
+from .plan import ETA, Plan, TrialShape, make_plan
+from .space import recipe_config
+
+
+def plan_search(run: Run, data: SearchData, study: optuna.Study, deadline: Optional[float],
+                echo: Callable[[str], None], timeout: Optional[float] = None) -> Optional[Plan]:
+    """The study's plan: the one it keeps, else, for a new study searched with a `deadline` (a
+    time.time()), one made from measured speed for the seconds left once they are measured (and kept
+    on the study). None for a search without a plan (no deadline, or a study started without one:
+    its budgets stay as the spec says). `timeout`: the whole deadline's seconds, for its messages."""
+    kept = record.plan(study)
+    if kept is not None:
+        return Plan.from_dict(kept)
+    if deadline is None:
+        return None
+    if study.get_trials(deepcopy=False):
+        echo("this study was started without --timeout: its budgets stay as the spec says; the deadline cuts "
+             "the trial in flight")
+        return None
+    speeds = recipe_speeds(run, data)
+    model = recipe_config(run, data, min(speeds)).backbone
+    left = deadline - time.time()
+    spent = 0.0 if timeout is None else max(0.0, timeout - left)
+    plan = make_plan(run.spec.search, trial_shape(run, data), speeds, left, model, spent)
+    record.set_plan(study, plan.to_dict())
+    return plan
+
+
+def recipe_speeds(run: Run, data: SearchData) -> Dict[int, Speed]:
+    """The first recipe's speed on this machine at each searched image size (measured once per machine)."""
+    speeds = {}
+    for size in sorted(set(run.spec.search.image_size)):
+        cfg = recipe_config(run, data, size)
+        images, _ = data.images(size, run.paths.cache_dir)
+        aux = data.aux_masks(size, run.paths.cache_dir) if cfg.aux_weight else None
+        fold = FoldData(images, data.y, np.flatnonzero(data.fold != 0), np.flatnonzero(data.fold == 0), aux)
+        speeds[size] = measured_speed(cfg, data.task, fold, run.paths.speed_json)
+    return speeds
+
+
+def speed_lines(run: Run, data: SearchData) -> List[str]:
+    """The speeds measured in this run dir for the recipe's model on this machine, one line each."""
+    known = read_speeds(run.paths.speed_json)
+    lines = []
+    for size in sorted(set(run.spec.search.image_size)):
+        cfg = recipe_config(run, data, size)
+        if speed_key(cfg) in known:
+            lines.append("speed: " + Speed(**known[speed_key(cfg)]).line(cfg))
+    return lines
+
+
+def trial_shape(run: Run, data: SearchData) -> TrialShape:
+    s = run.spec.search
+    return TrialShape(folds=run.spec.folds, val_images=len(data.fold) / run.spec.folds,
+                      views=len(tta_views(run.spec.orientation)) if s.tta else 1)
+
+
+def promote(study: optuna.Study, plan: Plan, seconds_left: Optional[float]) -> Optional[str]:
+    """Enqueue the next promotion, highest rung first: the best complete trial of a rung among its best
+    1/η, not promoted yet, at the next rung's budget, if a trial there fits in `seconds_left`. Its line."""
+    trials = study.get_trials(deepcopy=False)
+    promoted = {record.promoted_from(t) for t in trials}
+    complete = record.latest_per_folder(t for t in trials if t.state == TrialState.COMPLETE).values()
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for rung in reversed(range(len(plan.rungs) - 1)):
+        if seconds_left is not None and plan.seconds[rung + 1] > seconds_left:
+            continue
+        ranked = sorted((t for t in complete if record.budget(t) == plan.rungs[rung]),
+                        key=lambda t: -t.value if maximize else t.value)
+        for t in ranked[:len(ranked) // ETA]:
+            if t.number not in promoted:
+                study.enqueue_trial(t.params, user_attrs=record.promotion_attrs(t, plan.rungs[rung + 1]))
+                return (f"trial {t.number} (CV {t.value:.4f}, best {ranked.index(t) + 1} of {len(ranked)} at "
+                        f"{plan.rungs[rung]} steps) goes up to {plan.rungs[rung + 1]} steps a fold")
+    return None
+
+
+def next_seconds(study: optuna.Study, plan: Plan) -> float:
+    """About how long the next trial takes: the first waiting one's rung's, else the lowest rung's."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    steps = record.budget(waiting[0]) if waiting else None
+    rung = plan.rung(steps) if steps is not None else 0
+    return plan.seconds[max(rung, 0)]
+
+
+def status_lines(study: optuna.Study, run: Run) -> List[str]:
+    """What `status` says of budgets: the plan, its rungs' complete trials, the deadline and the time
+    left, and the speeds measured on this machine."""
+    lines = []
+    kept = record.plan(study)
+    if kept is not None:
+        plan = Plan.from_dict(kept)
+        trials: List[FrozenTrial] = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        lines += [plan.line, "rungs: " + ", ".join(
+            f"{sum(record.budget(t) == r for t in trials)} complete at {r} steps" for r in plan.rungs)]
+    deadline = record.deadline(study)
+    if deadline is not None:
+        left = deadline - time.time()
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
+        lines.append(f"deadline {when}: " + (f"{left:.0f} s left" if left > 0 else "passed"))
+    known = read_speeds(run.paths.speed_json)
+    lines += [f"speed measured: {key}: {v['step']:.3g} s a step" for key, v in known.items()]
+    return lines
