@@ -2,6 +2,8 @@
 halving at equal budget, and a study that `submit` can use when the time is up."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +62,7 @@ def test_a_spec_that_fixes_the_steps_is_obeyed_and_a_deadline_too_short_says_wha
 
 def add(study, value, steps, lr, **attrs):
     study.add_trial(create_trial(params={"lr": lr}, distributions={"lr": CategoricalDistribution([0.1, 0.2, 0.3, 0.4])},
-                                 value=value, user_attrs={"budget": steps, **attrs}))
+                                 value=value, user_attrs={"budget": steps, "seconds": steps / 2, **attrs}))
 
 
 def test_the_best_third_of_a_rung_goes_up_ranked_against_its_own_rung_only():
@@ -74,7 +76,7 @@ def test_the_best_third_of_a_rung_goes_up_ranked_against_its_own_rung_only():
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [(t.system_attrs["fixed_params"], t.user_attrs["budget"], t.user_attrs["promoted_from"]) for t in waiting] == [
         ({"lr": 0.2}, 60, 2)]
-    assert budget.next_seconds(study, plan) == 30.0
+    assert budget.next_seconds(study, plan) == 30.0  # its own 10 s at 20 steps, three times
     assert budget.promote(study, plan, seconds_left=1000) is None  # 3 at 20 steps: one goes up
     add(study, 0.8, 20, 0.4)
     add(study, 0.9, 20, 0.4)
@@ -141,7 +143,7 @@ def test_a_deadline_too_short_for_one_trial_is_said_before_training(cli, tmp_pat
 def test_the_trial_in_flight_is_cut_at_the_deadline_and_resumes_with_its_finished_folds(
         cli, tmp_path, monkeypatch):
     data, run_dir = tmp_path / "data", tmp_path / "run"
-    monkeypatch.setattr("harness.search.loop.next_seconds", lambda study, plan: 0.0)  # start one more anyway
+    monkeypatch.setattr("harness.search.budget.next_seconds", lambda study, plan: 0.0)  # start one more anyway
     start = time.time()
     out = cli("search", DIGITS, "--data-root", data, "--run-dir", run_dir, "--trials", "50", "--timeout", "30",
               "--set", "search.steps=[30]").output
@@ -182,3 +184,24 @@ def test_a_cut_after_a_finished_fold_reuses_it(cli, tmp_path, monkeypatch):
     retry = load_study(run_dir, "digits").trials[-1]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["reused_folds"] == [0]
     assert retry.params == load_study(run_dir, "digits").trials[1].params
+
+
+def test_submit_works_while_a_search_with_a_deadline_runs(cli, tmp_path):
+    """Anytime: once a trial is complete, a submission can be made without stopping the search."""
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    search = subprocess.Popen([sys.executable, "-m", "harness", "search", str(DIGITS), "--data-root", str(data),
+                               "--run-dir", str(run_dir), "--trials", "50", "--timeout", "45", "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in search.stdout:
+            lines.append(line)
+            if line.startswith("trial 0 complete"):
+                break
+        cli("submit", DIGITS, "--data-root", data, "--run-dir", run_dir)
+        assert search.poll() is None, "".join(lines)  # the search still runs
+        assert len(pd.read_csv(run_dir / "submission.csv")) > 0
+        out = "".join(lines) + search.communicate(timeout=90)[0]
+    finally:
+        search.kill()
+    assert search.returncode == 0 and "deadline: " in out, out

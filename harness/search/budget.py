@@ -86,30 +86,67 @@ def trial_shape(run: Run, data: SearchData) -> TrialShape:
 
 def promote(study: optuna.Study, plan: Plan, seconds_left: Optional[float]) -> Optional[str]:
     """Enqueue the next promotion, highest rung first: the best complete trial of a rung among its best
-    1/η, not promoted yet, at the next rung's budget, if a trial there fits in `seconds_left`. Its line."""
+    1/η, not promoted yet, at the next rung's budget, if it fits in `seconds_left` (`promoted_seconds`).
+    Its line."""
     trials = study.get_trials(deepcopy=False)
     promoted = {record.promoted_from(t) for t in trials}
     complete = record.latest_per_folder(t for t in trials if t.state == TrialState.COMPLETE).values()
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     for rung in reversed(range(len(plan.rungs) - 1)):
-        if seconds_left is not None and plan.seconds[rung + 1] > seconds_left:
-            continue
         ranked = sorted((t for t in complete if record.budget(t) == plan.rungs[rung]),
                         key=lambda t: -t.value if maximize else t.value)
         for t in ranked[:len(ranked) // ETA]:
-            if t.number not in promoted:
+            fits = seconds_left is None or promoted_seconds(t, plan.rungs[rung + 1]) <= seconds_left
+            if t.number not in promoted and fits:
                 study.enqueue_trial(t.params, user_attrs=record.promotion_attrs(t, plan.rungs[rung + 1]))
                 return (f"trial {t.number} (CV {t.value:.4f}, best {ranked.index(t) + 1} of {len(ranked)} at "
                         f"{plan.rungs[rung]} steps) goes up to {plan.rungs[rung + 1]} steps a fold")
     return None
 
 
+def promoted_seconds(trial: FrozenTrial, steps: int) -> float:
+    """About how long `trial` takes again at `steps` a fold: its own seconds, scaled by the steps (its
+    model may be slower than the recipe's the plan timed; what does not scale makes this an upper bound)."""
+    return float(trial.user_attrs.get(record.SECONDS, 0.0)) * steps / max(1, record.budget(trial) or steps)
+
+
 def next_seconds(study: optuna.Study, plan: Plan) -> float:
-    """About how long the next trial takes: the first waiting one's rung's, else the lowest rung's."""
+    """About how long the next trial takes: a waiting promotion's (`promoted_seconds`), a waiting
+    trial's rung's, else the lowest rung's."""
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    steps = record.budget(waiting[0]) if waiting else None
-    rung = plan.rung(steps) if steps is not None else 0
-    return plan.seconds[max(rung, 0)]
+    if not waiting:
+        return plan.seconds[0]
+    steps, source = record.budget(waiting[0]), record.promoted_from(waiting[0])
+    if source is not None and steps is not None:
+        return promoted_seconds(study.get_trials(deepcopy=False)[source], steps)
+    return plan.seconds[max(plan.rung(steps), 0)] if steps is not None else plan.seconds[0]
+
+
+def out_of_time(study: optuna.Study, plan: Optional[Plan], deadline: float, echo: Callable[[str], None]) -> bool:
+    """Whether the search stops here: the deadline passed, or, once a trial is complete, the next
+    one would not end by it (its time as planned)."""
+    left = deadline - time.time()
+    if left <= 0:
+        return True
+    if plan is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return False
+    need = next_seconds(study, plan)
+    if need <= left:
+        return False
+    echo(f"the next trial needs about {need:.0f} s and {left:.0f} s are left: no trial starts")
+    return True
+
+
+def deadline_summary(study: optuna.Study, trials: int, timeout: float, deadline: float) -> str:
+    """What a search with a deadline did, in one line."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
+    finished = complete + pruned
+    spent = timeout - (deadline - time.time())
+    best = f"; best CV {study.best_value:.4f} (trial {study.best_trial.number})" if complete else ""
+    return (f"deadline: {spent:.0f} s of {timeout:g}: {complete} complete and {pruned} pruned trials in the study"
+            f" ({finished} of --trials {trials}){best}"
+            + ("" if complete else "; nothing to submit yet: run the same command again to go on"))
 
 
 def status_lines(study: optuna.Study, run: Run) -> List[str]:

@@ -30,7 +30,7 @@ from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from ..files import remove_leftovers
 from ..training.device import use_cpu_share
 from ..training.weights import check_trainable
-from .budget import next_seconds, plan_search, promote
+from .budget import deadline_summary, out_of_time, plan_search, promote
 from .objective import Objective
 from .plan import Plan
 from .space import enqueue_recipes
@@ -66,7 +66,7 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
     callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo)]
     waiting = False
     while count_finished(study) < trials and not streak.tripped:
-        if deadline is not None and _out_of_time(study, plan, deadline, echo):
+        if deadline is not None and out_of_time(study, plan, deadline, echo):
             break
         if plan is not None:
             with slots.lock():
@@ -132,32 +132,6 @@ def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
     if stop is not None:
         raise stop
     return finished
-
-
-def _out_of_time(study: optuna.Study, plan: Optional[Plan], deadline: float, echo: Callable[[str], None]) -> bool:
-    """Whether the search stops here: the deadline passed, or, once a trial is complete, the next
-    one would not end by it (its time as planned)."""
-    left = deadline - time.time()
-    if left <= 0:
-        return True
-    if plan is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return False
-    need = next_seconds(study, plan)
-    if need <= left:
-        return False
-    echo(f"the next trial needs about {need:.0f} s and {left:.0f} s are left: no trial starts")
-    return True
-
-
-def deadline_summary(study: optuna.Study, trials: int, timeout: float, deadline: float) -> str:
-    """What a search with a deadline did, in one line."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
-    spent = timeout - (deadline - time.time())
-    best = f"; best CV {study.best_value:.4f} (trial {study.best_trial.number})" if complete else ""
-    return (f"deadline: {spent:.0f} s of {timeout:g}: {complete} complete and {pruned} pruned trials in the study"
-            f" ({count_finished(study)} of --trials {trials}){best}"
-            + ("" if complete else "; nothing to submit yet: run the same command again to go on"))
 
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print, deadline: Optional[float] = None,
