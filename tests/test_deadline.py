@@ -205,3 +205,16 @@ def test_submit_works_while_a_search_with_a_deadline_runs(cli, tmp_path):
     finally:
         search.kill()
     assert search.returncode == 0 and "deadline: " in out, out
+
+
+def test_workers_share_one_deadline_and_one_plan(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.time()
+    out = cli("search", DIGITS, "--data-root", tmp_path / "data", "--run-dir", run_dir, "--trials", "50",
+              "--timeout", "40", "--workers", "2", "--quiet").output
+    assert time.time() - start <= 40 + 10, out
+    plans = {line.split(": ", 1)[1] if line.startswith("w") else line for line in out.splitlines() if "plan for" in line}
+    assert len(plans) == 1 and "w1: deadline: " in out and "w2: deadline: " in out, out  # one plan, kept on the study
+    trials = load_study(run_dir, "digits").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 2
+    assert all(t.state != TrialState.RUNNING for t in trials)
