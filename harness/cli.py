@@ -113,13 +113,12 @@ def status(run: Run, fmt: str) -> None:
     table = leaderboard(study)
     if fmt == "csv":
         click.echo(table.to_csv(index=False), nl=False)
-    elif fmt == "json":
-        click.echo(table.to_json(orient="records", indent=1) if not table.empty else "[]")
-    else:
-        for line in budget.status_lines(study, run):
-            click.echo(line)
-    if fmt != "table":
         return
+    if fmt == "json":
+        click.echo(table.to_json(orient="records", indent=1) if not table.empty else "[]")
+        return
+    for line in budget.status_lines(study, run):  # the plan, its rungs, the deadline, the measured speeds
+        click.echo(line)
     if table.empty:
         click.echo("no trials yet")
     else:  # notes (why a trial failed or was pruned) in full
