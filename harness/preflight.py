@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 REGISTRIES: Dict[str, Registry] = {
     "tasks": TASKS, "layouts": LAYOUTS, "preparers": PREPARERS, "metrics": METRICS, "losses": LOSSES,
     "segmentation_losses": SEG_LOSSES, "segmentation_metrics": SEG_METRICS, "augmentations": AUGMENTS,
-    "imbalance": IMBALANCE, "models": MODEL_FAMILIES, "pruners": PRUNERS, "formats": FORMATS, "recipes": RECIPES,
+    "imbalance": IMBALANCE, "families": MODEL_FAMILIES, "pruners": PRUNERS, "formats": FORMATS, "recipes": RECIPES,
 }
 
 

@@ -37,10 +37,10 @@ def test_a_fold_trains_the_steps_of_its_budget_whatever_the_data_size(
 
 def test_patience_is_a_share_of_the_steps(class_folder_competition, cli, tmp_path, monkeypatch):
     monkeypatch.setattr("harness.training.fit.improves", lambda *args: False)  # the first stays the best
-    comp = class_folder_competition(search={"steps": [10], "evals": 5, "patience": 0.4})
+    comp = class_folder_competition(search={"steps": [50], "evals": 5, "patience": 0.4})
     cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1")
-    # best at step 2; 40 % of 10 steps later (step 6) the fold stops
-    assert fold_history(tmp_path / "run")["step"].tolist() == [2, 4, 6]
+    # best at step 10; 40 % of 50 steps later (step 30) the fold stops
+    assert fold_history(tmp_path / "run")["step"].tolist() == [10, 20, 30]
 
 
 def prune_whenever_allowed(search):
@@ -57,7 +57,7 @@ def pruner_whenever_allowed():
 
 def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_what(
         class_folder_competition, cli, tmp_path, pruner_whenever_allowed):
-    comp, run_dir = class_folder_competition(search={"steps": [8], "evals": 4}), tmp_path / "run"
+    comp, run_dir = class_folder_competition(search={"steps": [40], "evals": 4}), tmp_path / "run"
     cli("search", comp, "--run-dir", run_dir, "--trials", "2",
         "--set", "search.pruner=test_prune_whenever_allowed", "--set", "search.prune_warmup=0.5")
     study = load_study(run_dir)
@@ -66,10 +66,10 @@ def test_no_trial_is_pruned_before_the_warm_up_and_status_says_when_and_against_
         # not at 25 % (the warm-up), nor at 50 % (its first validation after it: never on one point)
         assert sorted(t.intermediate_values) == [25, 50, 75]
     first, second = (t.user_attrs["pruned"] for t in study.trials)
-    assert first.startswith("pruned at 75% of fold 1 (step 6 of 8): accuracy ") and " vs " not in first
+    assert first.startswith("pruned at 75% of fold 1 (step 30 of 40): accuracy ") and " vs " not in first
     assert "vs median" in second and "of 1 trials at the same point" in second
     status = cli("status", comp, "--run-dir", run_dir).output
-    assert status.count("pruned at 75% of fold 1 (step 6 of 8)") == 2
+    assert status.count("pruned at 75% of fold 1 (step 30 of 40)") == 2
 
 
 @pytest.mark.parametrize("keep, kept", [("last", 6), ("best", 2)])

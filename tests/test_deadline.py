@@ -20,7 +20,7 @@ from harness.errors import DeadlineReached, SpecError
 from harness.search import budget
 from harness.search.plan import FIRST_SHARE, Plan, TrialShape, make_plan
 from harness.search.pruners import EqualBudget
-from harness.training.speed import Speed
+from harness.training.measured import Speed
 
 DIGITS = Path(__file__).resolve().parents[1] / "competitions" / "digits"
 SHAPE = TrialShape(folds=5, val_images=90, views=2)

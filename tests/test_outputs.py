@@ -49,12 +49,12 @@ def test_each_trial_writes_an_id_keyed_oof_csv(class_folder_competition, cli, tm
 
 
 def test_a_fold_says_how_far_it_is_and_quiet_leaves_a_line_per_trial(class_folder_competition, cli, tmp_path):
-    comp = class_folder_competition(search={"steps": [8], "evals": 8})
+    comp = class_folder_competition(search={"steps": [40], "evals": 8})  # 4 validations: one per 10 steps
     out = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1").output
     # not a terminal: a plain line at each quarter of a fold, with the time left
     lines = [line for line in out.splitlines() if line.startswith("  trial 0 fold 1/2: ") and "left" in line]
     assert [line.split(": ")[1].split("%")[0].strip() for line in lines] == ["25", "50", "75"]
-    assert "(step 2 of 8), accuracy" in lines[0] and lines[0].endswith(" s left")
+    assert "(step 10 of 40), accuracy" in lines[0] and " s left in the fold; trial 1 of 1, search about " in lines[0]
     quiet = cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "2", "--quiet").output
     assert " fold " not in quiet and "trial 1 complete" in quiet
 
@@ -63,7 +63,7 @@ def test_predict_new_images_with_the_runs_ensemble_and_leave_the_run_alone(class
     comp = class_folder_competition()
     run_dir, test_dir = tmp_path / "run", tmp_path / "data" / "test"
     early = cli("predict", comp, "--run-dir", run_dir, test_dir, ok=False)
-    assert early.exit_code == 1 and "no ensemble yet: run `harness submit` first" in early.output
+    assert early.exit_code == 1 and "no study 'tiny-folders'" in early.output and "harness search" in early.output
     cli("search", comp, "--run-dir", run_dir, "--trials", "1")
     cli("submit", comp, "--run-dir", run_dir)
     submission = (run_dir / "submission.csv").read_bytes()

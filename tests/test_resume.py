@@ -1,4 +1,5 @@
 """Kill a search mid-trial (kill -9, or Ctrl-C), run the same command again: same params, finished folds reused."""
+import json
 import os
 import signal
 import subprocess
@@ -59,3 +60,9 @@ def test_interrupted_mid_trial_then_resume(sig, class_folder_competition, cli, t
     # the retry's folds live with the original's, and submit finds them
     assert all(paths.fold(0, k).done.is_file() for k in range(3))
     assert "ensemble of" in cli("submit", comp, "--run-dir", run_dir).output
+    # status: the stopped trial as interrupted, its retry with its recipe label and where its files are
+    rows = {r["trial"]: r for r in json.loads(cli("status", comp, "--run-dir", run_dir, "--format", "json").output)}
+    assert rows[0]["state"] == "interrupted" and rows[0]["note"].startswith("interrupted: ")
+    assert rows[0]["note"].endswith("; recipe scratch_small") and rows[0]["folder"] == "trials/t0000"
+    assert rows[1]["note"] == "recipe scratch_small; retry of #0; reused folds " + str(finished)
+    assert rows[1]["folder"] == "trials/t0000" and rows[2]["folder"] == "trials/t0002"

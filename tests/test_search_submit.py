@@ -201,7 +201,7 @@ def test_default_run_dir_remembers_too_and_a_stale_override_names_its_file(class
     cli("status", comp, "--set", "search.augment_on=device")
     options = RunPaths(tmp_path / "runs" / "tiny-folders").options_json
     options.write_text(json.dumps({"overrides": ["search.loss=[hinge]"]}))
-    out = cli("status", comp, ok=False).output
+    out = cli("submit", comp, ok=False).output  # status reads the study alone: it does not check the losses
     assert "'search.loss': unknown value 'hinge'" in out and "options.json" in out
 
 

@@ -42,7 +42,7 @@ def modules() -> dict:
 
 
 # the stages in the order the data flows, bottom first: a package imports only packages below it
-LAYERS = [("registry", "errors", "files"), ("config",), ("tasks",), ("data",), ("training",), ("search",),
+LAYERS = [("registry", "errors", "files", "lazy"), ("config",), ("tasks",), ("data",), ("training",), ("search",),
           ("submit",), ("preflight",), ("cli", "__main__", "")]
 
 
@@ -148,4 +148,4 @@ def test_make_submissions_data_path_is_short():
     spec.loader.exec_module(tool)
     path = tool.submit_path(PACKAGE.parent)
     assert path["modules"] <= 10 and path["climbs"] <= 4, path
-    assert {"harness.data.prepare", "harness.search.study", "harness.training.predict"} <= set(path["path"])
+    assert {"harness.data.prepare", "harness.search.storage", "harness.training.predict"} <= set(path["path"])

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import free_port, load_study, postgres_cluster
 from harness.config.paths import RunPaths
-from harness.search.study import connect
+from harness.search.storage import connect
 from harness.search.workers import TrialSlots, file_lock, worker_seed
 from harness.search.record import artifact_owner
 

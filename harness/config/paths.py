@@ -36,6 +36,9 @@ from ..errors import SpecError, sqlite_file
 from ..files import temporary_path, write_file
 from .spec import Competition, read_raw
 
+STORAGE_ENV = "HARNESS_STORAGE"  # what `--storage` reads when not given
+LAUNCHER_ENV = "HARNESS_LAUNCHER_PID"  # set in a worker of `search --workers N`: the process it must not outlive
+
 
 @dataclass
 class FoldPaths:

@@ -25,7 +25,8 @@ from ..config.paths import Run
 from ..data.prepare import SearchData
 from ..training.augment import tta_views
 from ..training.datasets import FoldData
-from ..training.speed import Speed, measured_speed, read_speeds, speed_key
+from ..training.measured import Speed, read_speeds
+from ..training.speed import measured_speed, speed_key
 from . import record
 from .plan import ETA, Plan, TrialShape, make_plan
 from .space import recipe_config
@@ -147,23 +148,3 @@ def deadline_summary(study: optuna.Study, trials: int, timeout: float, deadline:
     return (f"deadline: {spent:.0f} s of {timeout:g}: {complete} complete and {pruned} pruned trials in the study"
             f" ({finished} of --trials {trials}){best}"
             + ("" if complete else "; nothing to submit yet: run the same command again to go on"))
-
-
-def status_lines(study: optuna.Study, run: Run) -> List[str]:
-    """What `status` says of budgets: the plan, its rungs' complete trials, the deadline and the time
-    left, and the speeds measured on this machine."""
-    lines = []
-    kept = record.plan(study)
-    if kept is not None:
-        plan = Plan.from_dict(kept)
-        trials: List[FrozenTrial] = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        lines += [plan.line, "rungs: " + ", ".join(
-            f"{sum(record.budget(t) == r for t in trials)} complete at {r} steps" for r in plan.rungs)]
-    deadline = record.deadline(study)
-    if deadline is not None:
-        left = deadline - time.time()
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline))
-        lines.append(f"deadline {when}: " + (f"{left:.0f} s left" if left > 0 else "passed"))
-    known = read_speeds(run.paths.speed_json)
-    lines += [f"speed measured: {key}: {v['step']:.3g} s a step" for key, v in known.items()]
-    return lines

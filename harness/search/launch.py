@@ -24,15 +24,13 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..config.paths import Run
+from ..config.paths import LAUNCHER_ENV, STORAGE_ENV, Run
 from ..errors import SearchStopped, redact, shown_url
 from .loop import prepare_search
 
 GIB = 1024 ** 3
 MEMORY_PER_WORKER = 16 * GIB  # a trial's model, batches and resident images, with room to spare
 MAX_WORKERS_PER_GPU = 4  # beyond it time-slicing adds little and each process holds a CUDA context
-STORAGE_ENV = "HARNESS_STORAGE"  # what `--storage` reads when not given
-LAUNCHER_ENV = "HARNESS_LAUNCHER_PID"  # set in a worker: the process it must not outlive
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 

@@ -33,9 +33,10 @@ from ..training.weights import check_trainable
 from .budget import deadline_summary, out_of_time, plan_search, promote
 from .objective import Objective
 from .plan import Plan
+from .progress import SearchClock
 from .space import enqueue_recipes
-from .study import (FINISHED, backup_sqlite, check_fingerprint, connect, count_finished, open_study, retry_damaged,
-                    retry_interrupted)
+from .storage import FINISHED, backup_sqlite, connect, count_finished
+from .study import check_fingerprint, open_study, retry_damaged, retry_interrupted
 from . import record
 from .workers import NoSlot, TrialSlots, creation_lock, slot_lock
 
@@ -61,9 +62,10 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
     if deadline is not None:
         record.set_deadline(study, deadline)
     slots = TrialSlots(study, storage, trials, slot_lock(storage, run))
-    objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline)
+    search_clock = SearchClock(study, trials, deadline, echo if not quiet else lambda line: None)
+    objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline, search_clock=search_clock)
     streak = _FailureStreak(echo)
-    callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo)]
+    callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo), search_clock]
     waiting = False
     while count_finished(study) < trials and not streak.tripped:
         if deadline is not None and out_of_time(study, plan, deadline, echo):

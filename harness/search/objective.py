@@ -24,12 +24,13 @@ from ..errors import DeadlineReached, fault_line, is_machine_fault
 from ..files import write_file
 from ..training.config import TrialConfig
 from ..training.device import device
-from ..training.fit import FoldData, FoldJob, fit_fold
+from ..training.augment import tta_views
+from ..training.fit import FoldData, FoldJob, eval_points, fit_fold
 from ..training.store import DamagedFold, FoldResult, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
 from . import record
 from .plan import Plan
-from .progress import FoldProgress
+from .progress import FoldProgress, SearchClock
 from .pruners import PRUNERS, BudgetPeers, fold_step, progress_step
 from .space import suggest_config
 
@@ -38,8 +39,10 @@ class Objective:
     """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
 
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False,
-                 plan: Optional[Plan] = None, stop_at: Optional[float] = None) -> None:
+                 plan: Optional[Plan] = None, stop_at: Optional[float] = None,
+                 search_clock: Optional[SearchClock] = None) -> None:
         self.run, self.data, self.echo, self.quiet = run, data, echo, quiet
+        self.search_clock = search_clock  # the search's position and time left, for the progress line
         self.plan, self.stop_at = plan, stop_at  # budgets planned for a deadline; the deadline (time.time())
         self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
@@ -111,7 +114,7 @@ class Objective:
                 self.echo(f"{prefix}: {err.line(self.run.paths.root)}: training it again")
                 result = None
             if result is None:
-                progress = None if self.quiet else FoldProgress(self.echo, prefix, cfg.steps, cfg.metric)
+                progress = None if self.quiet else self._progress(prefix, cfg, k)
                 try:
                     fold_data = FoldData(images, self.data.y, np.flatnonzero(fold != k),
                                          np.flatnonzero(fold == k), aux_masks)
@@ -119,7 +122,7 @@ class Objective:
                         raise DeadlineReached(f"the deadline passed before fold {k + 1}")
                     result = fit_fold(cfg, self.data.task, fold_data, FoldJob(
                         k, out, self._eval_reporter(trial, cfg, k, progress),
-                        clock=clock, stop_at=self.stop_at))
+                        clock=clock, stop_at=self.stop_at, on_step=progress.step if progress else None))
                 finally:
                     if progress is not None:
                         progress.close()
@@ -132,6 +135,11 @@ class Objective:
             record.set_folds(trial, [r.score for r in results], [r.fold for r in results if r.reused])
             self._report_fold(trial, results)
         return results
+
+    def _progress(self, prefix: str, cfg: TrialConfig, k: int) -> FoldProgress:
+        views = len(tta_views(cfg.orientation)) if cfg.tta else 1
+        return FoldProgress(self.echo, prefix, cfg.steps, cfg.metric, eval_points(cfg.steps, cfg.evals), views,
+                            k, self.run.spec.folds, self.search_clock)
 
     def _write_oof_csv(self, owner: int, oof: np.ndarray) -> None:
         """oof.csv beside the folds: id (the image as listed), fold, and the task's columns."""

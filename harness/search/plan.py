@@ -7,7 +7,7 @@ What the spec leaves open is scaled so that the first complete trial takes `FIRS
 - the image sizes: the largest of `search.image_size` at which the first trial still gets the
   fewest of `search.steps`, and the smaller ones; else the smallest alone;
 - the validations: `search.evals`, fewer on a short rung (one per `STEPS_PER_EVAL` steps, at least
-  `MIN_EVALS`).
+  `MIN_EVALS`), as in any search (`evals_at`).
 A spec that fixes the steps (one value) is obeyed as written: one rung, and a trial may take up to
 `FIXED_SHARE` of the time. A deadline too short for the smallest complete trial is a SpecError that
 says the time one would need.
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Tuple
 
 from ..errors import SpecError
-from ..training.speed import Speed
+from ..training.measured import Speed
 
 if TYPE_CHECKING:
     from ..config.spec import SearchSpace
@@ -73,6 +73,8 @@ def trial_seconds(speed: Speed, steps: int, evals: int, shape: TrialShape) -> fl
 
 
 def evals_at(search: "SearchSpace", steps: int) -> int:
+    """A fold's validations: `search.evals`, but never more than one per `STEPS_PER_EVAL` steps (at
+    least `MIN_EVALS`): a spec's 20 on a 20-step smoke run would validate after every step."""
     return max(1, min(search.evals, max(MIN_EVALS, steps // STEPS_PER_EVAL)))
 
 
@@ -83,10 +85,8 @@ def make_plan(search: "SearchSpace", shape: TrialShape, speeds: Dict[int, Speed]
     sizes = sorted(set(search.image_size))
     top, low = max(search.steps), min(search.steps)
     fixed = low == top
-    evals = (lambda steps: search.evals) if fixed else (lambda steps: evals_at(search, steps))
-
     def cost(size: int, steps: int) -> float:
-        return trial_seconds(speeds[size], steps, evals(steps), shape)
+        return trial_seconds(speeds[size], steps, evals_at(search, steps), shape)
 
     share = (FIXED_SHARE if fixed else FIRST_SHARE) * seconds
     if fixed:
@@ -108,7 +108,7 @@ def make_plan(search: "SearchSpace", shape: TrialShape, speeds: Dict[int, Speed]
         rungs = [base]
         while rungs[-1] * ETA <= top:
             rungs.append(rungs[-1] * ETA)
-    plan = Plan(rungs=tuple(rungs), evals=tuple(evals(r) for r in rungs),
+    plan = Plan(rungs=tuple(rungs), evals=tuple(evals_at(search, r) for r in rungs),
                 seconds=tuple(round(cost(size, r), 1) for r in rungs),
                 image_sizes=tuple(s for s in sizes if s <= size), line="")
     return Plan(**{**plan.to_dict(), "line": _plan_line(plan, seconds, spent, speeds[size], shape, model, fixed)})

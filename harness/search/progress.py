@@ -1,40 +1,133 @@
-"""Feedback inside a fold: where it is, its last validation, and about how long it has left.
+"""Feedback while a search runs: where a fold is, its last validation, how long the fold and the
+whole search have left (`FoldProgress`), and a line after each trial (`SearchClock`).
 
-On a terminal one line is redrawn at each validation; elsewhere (a log file, CI, a worker's relayed
-output) a plain line is printed at each quarter of the fold, so a log stays short.
+On a terminal one line is redrawn every second; elsewhere (a log file, CI, a worker's relayed
+output) a plain line is printed at each quarter of a fold, so a log stays short. The time left
+counts every phase a fold still has: its steps, its validations and the final out-of-fold
+prediction with its TTA views, then the trial's other folds and the search's other trials.
 """
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 QUARTER = 25  # percent between the plain lines of a fold
+REDRAW = 1.0  # seconds between two redraws of the live line
+
+
+def duration(seconds: float) -> str:
+    """`42 s`, `7 min`, `2.5 h`: as precise as a time left is worth."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class SearchClock:
+    """The search's own position and time left: trial k of the N the study should hold, and the
+    trials still to run at the mean wall-clock of those this search finished (the trial in flight's
+    own projection before any), within the deadline. Told each finished trial (a study callback)."""
+
+    def __init__(self, study: optuna.Study, trials: int, deadline: Optional[float] = None,
+                 echo: Callable[[str], None] = print) -> None:
+        self.study, self.trials, self.deadline, self.echo = study, trials, deadline, echo
+        self.seconds: List[float] = []  # wall-clock of each trial this search finished
+
+    def finished(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def position(self) -> str:
+        return f"trial {min(self.finished() + 1, self.trials)} of {self.trials}"
+
+    def left(self, trial_left: float = 0.0, trial_total: Optional[float] = None) -> Optional[float]:
+        """Seconds the search has left, with the trial in flight's `trial_left` (`trial_total`: its
+        projected whole, used while no trial of this search has finished); None when nothing is known."""
+        each = sum(self.seconds) / len(self.seconds) if self.seconds else trial_total
+        if each is None:
+            return None
+        queued = max(0, self.trials - self.finished() - 1)
+        left = trial_left + queued * each
+        return min(left, max(0.0, self.deadline - time.time())) if self.deadline else left
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.duration is not None and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.seconds.append(trial.duration.total_seconds())
+        done = self.finished()
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and done < self.trials:
+            left = self.left(0.0)
+            self.echo(f"search: {done} of {self.trials} trials finished"
+                      + (f", about {duration(left)} left" if left is not None else ""))
 
 
 class FoldProgress:
-    """`progress(share_done, score)` after each validation of one fold; `close()` when it ends."""
+    """Told after each optimizer step (`step()`) and each validation (`__call__(share_done, score)`)
+    of one fold; `close()` when it ends.
 
-    def __init__(self, echo: Callable[[str], None], prefix: str, steps: int, metric: str,
+    `points`: the steps after which the fold validates; `views`: the TTA views of its final
+    out-of-fold prediction (each about a validation's time); `folds`: the trial's folds, this one the
+    `fold`-th (0-based); `search`: the search's clock, for its position and time left."""
+
+    def __init__(self, echo: Callable[[str], None], prefix: str, steps: int, metric: str, points: List[int],
+                 views: int = 1, fold: int = 0, folds: int = 1, search: Optional[SearchClock] = None,
                  live: Optional[bool] = None) -> None:
         self.echo, self.prefix, self.steps, self.metric = echo, prefix, steps, metric
+        self.points, self.views, self.folds, self.search = points, views, folds, search
+        self.folds_after = folds - fold - 1
         self.live = sys.stdout.isatty() if live is None else live
-        self.start, self.next_mark, self.drawn = time.time(), QUARTER, False
+        self.start = self.last_event = self.last_draw = time.time()
+        self.next_mark, self.drawn = QUARTER, False
+        self.steps_done, self.train_seconds, self.val_seconds, self.vals = 0, 0.0, 0.0, 0
+        self.score: Optional[float] = None
+
+    def step(self) -> None:
+        now = time.time()
+        self.steps_done += 1
+        self.train_seconds += now - self.last_event
+        self.last_event = now
+        if self.live and now - self.last_draw >= REDRAW:
+            self._draw(now)
 
     def __call__(self, done: float, score: float) -> None:
+        now = time.time()
+        self.steps_done = max(self.steps_done, round(done * self.steps))
+        self.val_seconds += now - self.last_event
+        self.vals += 1
+        self.last_event, self.score = now, score
         percent = int(round(100 * done))
-        elapsed = time.time() - self.start
-        left = elapsed * (1 - done) / done if done > 0 else 0.0
-        text = (f"{self.prefix}: {percent:3d}% (step {round(done * self.steps)} of {self.steps}), "
-                f"{self.metric} {score:.4f}, {elapsed:.0f} s, about {left:.0f} s left")
         if self.live:
-            sys.stdout.write("\r\033[K" + text)
-            sys.stdout.flush()
-            self.drawn = True
+            self._draw(now)
         elif percent >= self.next_mark and percent < 100:  # the fold's own line says 100 %
-            self.echo(text)
+            self.echo(self.text(now))
             while self.next_mark <= percent:
                 self.next_mark += QUARTER
+
+    def fold_left(self) -> float:
+        """The fold's steps, validations and final TTA prediction still to come, at the pace so far."""
+        per_step = self.train_seconds / self.steps_done if self.steps_done else 0.0
+        per_val = self.val_seconds / self.vals if self.vals else 0.0
+        vals_left = sum(1 for p in self.points if p > self.steps_done)
+        return (self.steps - self.steps_done) * per_step + (vals_left + self.views) * per_val
+
+    def text(self, now: float) -> str:
+        elapsed = now - self.start
+        fold_left = self.fold_left()
+        fold_total = elapsed + fold_left
+        trial_left = fold_left + self.folds_after * fold_total
+        score = f", {self.metric} {self.score:.4f}" if self.score is not None else ""
+        line = (f"{self.prefix}: {100 * self.steps_done / self.steps:3.0f}% (step {self.steps_done} of {self.steps})"
+                f"{score}, {elapsed:.0f} s, about {duration(fold_left)} left in the fold")
+        if self.search is not None:
+            left = self.search.left(trial_left, self.folds * fold_total)
+            line += f"; {self.search.position()}" + (f", search about {duration(left)} left" if left is not None else "")
+        return line
+
+    def _draw(self, now: float) -> None:
+        sys.stdout.write("\r\033[K" + self.text(now))
+        sys.stdout.flush()
+        self.drawn, self.last_draw = True, now
 
     def close(self) -> None:
         """Clear the redrawn line: the fold's result line takes its place."""

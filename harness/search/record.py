@@ -185,12 +185,14 @@ def set_budget(trial: optuna.Trial, steps: int) -> None:
     trial.set_user_attr(BUDGET, steps)
 
 
-def retry_attrs(owner: int, source: FrozenTrial) -> Dict[str, int]:
+def retry_attrs(owner: int, source: FrozenTrial) -> Dict[str, Any]:
     """The attributes of an enqueued retry of trial `source`, whose folds are in `owner`'s folder: a
-    planned trial's budget goes with it (the same steps: its finished folds are reused)."""
+    planned trial's budget goes with it (the same steps: its finished folds are reused), and what it
+    stands for (its recipe, the trial it was promoted from)."""
     attrs = {RETRY_OF: owner, RETRY_SOURCE: source.number}
-    if BUDGET in source.user_attrs:
-        attrs[BUDGET] = source.user_attrs[BUDGET]
+    for key in (BUDGET, RECIPE, PROMOTED_FROM):
+        if key in source.user_attrs:
+            attrs[key] = source.user_attrs[key]
     return attrs
 
 

@@ -13,7 +13,7 @@ from ..training.models import choose_model
 from ..training.recipes import RECIPES, projected, recipe_names
 from ..training.weights import resolve_weights
 from . import record
-from .plan import Plan
+from .plan import Plan, evals_at
 
 
 def suggest_config(trial: optuna.Trial, run: Run, data: SearchData, plan: Optional[Plan] = None) -> TrialConfig:
@@ -22,7 +22,8 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData, plan: Option
     for a new trial), and the image sizes and validations are the plan's."""
     s = run.spec.search
     if plan is None:
-        steps, sizes, evals = trial.suggest_categorical("steps", s.steps), s.image_size, s.evals
+        steps, sizes = trial.suggest_categorical("steps", s.steps), s.image_size
+        evals = evals_at(s, steps)
     else:
         steps = record.budget(trial) or plan.rungs[0]
         sizes, evals = list(plan.image_sizes), plan.evals_at(steps)

@@ -17,20 +17,22 @@ from ..data.prepare import SearchData, model_images, prepare_data
 from ..errors import SpecError
 from ..files import write_file
 from ..search.record import artifact_owner
-from ..search.study import read_study
+from ..search.storage import read_study
 from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config, load_trial_folds, pool_folds
 from .formats import submission_frame
+from .submission import choose_ensemble, ensemble_record
 
 
 def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[str], None] = print) -> Path:
-    """Predict the images (files, or folders searched recursively) with the run's ensemble; write `out`:
+    """Predict the images (files, or folders searched recursively) with the run's ensemble (the one
+    `submit` chose, else the one it would choose); write `out`:
     the image path as given, the competition's target column(s), and each class's probability."""
     data = prepare_data(run)
     if data.task.mask_submission:
         raise SpecError(f"predict writes a label per image; task {run.spec.task} predicts masks: use "
                         "`harness submit --set test.images=FOLDER --run-dir …` on a copy of the run")
-    record = _ensemble_record(run)
+    record = _ensemble_record(run, data, echo)
     paths = list_inputs(inputs, run.spec.test.extensions)
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
     owners = _artifact_owners(run, [int(n) for n in record["weights"]])
@@ -70,10 +72,14 @@ def list_inputs(inputs: Sequence[str], extensions: Sequence[str]) -> List[Path]:
     return paths
 
 
-def _ensemble_record(run: Run) -> dict:
+def _ensemble_record(run: Run, data: SearchData, echo: Callable[[str], None]) -> dict:
+    """The ensemble `submit` chose (ensemble.json), else the one it would choose now: said, and
+    nothing written for it (the run dir stays as `submit` left it)."""
     if not run.paths.ensemble_json.is_file():
-        raise SpecError(f"{run.paths.ensemble_json}: no ensemble yet: run `harness submit` first, which "
-                        "chooses the ensemble predict uses")
+        _, ens = choose_ensemble(run, data, read_study(run), echo)
+        echo(f"no ensemble chosen by `harness submit` yet ({run.paths.ensemble_json}): predicting with the one it "
+             f"would choose now, OOF {run.spec.metric} {ens.score:.4f}; nothing else is written")
+        return ensemble_record(ens, run)
     try:
         record = json.loads(run.paths.ensemble_json.read_bytes())
         whole = isinstance(record, dict) and isinstance(record.get("weights"), dict) and record["weights"]

@@ -5,52 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
-import optuna
 import pandas as pd
 from sklearn import metrics as skm
-from optuna.trial import TrialState
 
 from ..config.paths import RunPaths
 from ..data.images import probe_images
 from ..data.prepare import SearchData
 from ..files import Staged
-from ..search import record
+from ..search.board import leaderboard  # noqa: F401 - the report's table is status's
 from .ensemble import Ensemble
 
 if TYPE_CHECKING:
     from ..tasks import Task
-
-
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, CV, fold scores, params, duration, busy share, note; best CV first."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        folds = record.fold_scores(t)
-        note = record.fail_reason(t) or record.pruned_reason(t)
-        if record.recipe(t):
-            note = (note + f" recipe {record.recipe(t)}").strip()
-        if record.artifact_owner(t) != t.number:  # after a Ctrl-C, a kill or a stopped heartbeat
-            note = (note + f" retry of #{record.artifact_owner(t)}").strip()
-        if record.promoted_from(t) is not None:
-            note = (note + f" promoted from #{record.promoted_from(t)}").strip()
-        if record.reused_folds(t):
-            note = (note + f" reused folds {record.reused_folds(t)}").strip()
-        seconds = t.duration.total_seconds() if t.duration else None
-        heads = {f"cv.{h}": v for h, v in record.head_scores(t).items()}
-        rows.append({
-            "trial": t.number, "state": t.state.name.lower(),
-            "cv": t.value if t.state == TrialState.COMPLETE else np.nan, **heads,
-            "folds": " ".join(f"{s:.3f}" for s in folds),
-            **{k: _short(v) for k, v in t.params.items()},
-            **({"steps": record.budget(t)} if "steps" not in t.params and record.budget(t) else {}),  # a rung's
-            "seconds": round(seconds, 1) if seconds is not None else None,
-            "busy": record.busy(t), "note": note,  # share of the seconds that ran the model
-        })
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
-    return table.sort_values(["cv", "trial"], ascending=[ascending, True], na_position="last")
 
 
 def data_summary(data: SearchData) -> str:
@@ -83,10 +49,6 @@ def data_summary(data: SearchData) -> str:
                          + ", ".join(f"{e} {n}" for e, n in sorted(counts.items()))
                          + f"): add them to {part}.extensions to use them")
     return "\n".join(lines)
-
-
-def _short(value):
-    return f"{value:.2e}" if isinstance(value, float) else value
 
 
 def label_summary(data: SearchData) -> List[str]:

@@ -17,7 +17,7 @@ from ..data.prepare import SearchData, prepare_data
 from ..errors import SpecError
 from ..files import Staged
 from ..search.record import latest_per_folder
-from ..search.study import read_study
+from ..search.storage import read_study
 from ..training.predict import fold_tests
 from ..training.store import DamagedFold, load_trial_folds, pool_folds
 from .ensemble import Ensemble, TrialPredictions, build_ensemble
@@ -31,11 +31,17 @@ def run_ensemble(run: Run, echo: Callable[[str], None] = print
     """The prepared data, the study, every complete trial's OOF predictions and their greedy ensemble."""
     data = prepare_data(run)
     study = read_study(run)
+    return (data, study, *choose_ensemble(run, data, study, echo))
+
+
+def choose_ensemble(run: Run, data: SearchData, study: optuna.Study, echo: Callable[[str], None] = print
+                    ) -> Tuple[List[TrialPredictions], Ensemble]:
+    """Every complete trial's OOF predictions and their greedy ensemble (what `submit` writes)."""
     preds = load_trial_predictions(run, study, data, echo)
     if not preds:
         raise SpecError(f"study {run.study_name!r} has no complete trial to ensemble yet "
                         "(pruned and failed trials are left out): run `harness search` first")
-    return data, study, preds, build_ensemble(preds, data.y, data.task)
+    return preds, build_ensemble(preds, data.y, data.task)
 
 
 def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
@@ -47,7 +53,7 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     with Staged(into=run.paths.root) as stage:  # what a killed submit left half-written is removed first
         written = FORMATS.get(run.spec.submission.format)(run.spec, out, data, test, ens.thresholds, stage)
         figures = oof_report(run.paths, data, ens, stage)
-        record = {**_ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
+        record = {**ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
                                                           for h, f in figures.items()}}
         stage.write(run.paths.ensemble_json, json.dumps(record, indent=1))
         summary = _summary(run, data, preds, ens)
@@ -148,7 +154,8 @@ def member_tests(run: Run, data: SearchData, preds: List[TrialPredictions], ens:
         ens = build_ensemble(preds, data.y, data.task)
 
 
-def _ensemble_record(ens: Ensemble, run: Run) -> dict:
+def ensemble_record(ens: Ensemble, run: Run) -> dict:
+    """What ensemble.json holds: the members' weights, cut-offs and scores (what `predict` reads)."""
     return {"metric": run.spec.metric, "weights": {str(k): v for k, v in ens.weights.items()},
             "oof_score": ens.score, "thresholds": ens.thresholds, "threshold_rules": ens.threshold_rules,
             "best_single_trial": ens.best_single,

@@ -53,6 +53,7 @@ class FoldJob:
     record: Optional[dict] = None  # merged into done.json
     clock: Optional[PhaseClock] = None  # charged the fold's seconds by phase, as they pass
     stop_at: Optional[float] = None  # a deadline (time.time()): the fold stops there, DeadlineReached
+    on_step: Optional[Callable[[], None]] = None  # told after each optimizer step (a progress line's clock)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def train_steps(cfg: TrialConfig, task: "Task", s: FoldSetup, data: FoldData,
     for at in eval_points(cfg.steps, cfg.evals):
         t0 = time.time()
         with clock("train"):
-            train_loss = optimizer_steps(s, stream, range(done, at), cfg, clock, job.stop_at)
+            train_loss = optimizer_steps(s, stream, range(done, at), cfg, clock, job.stop_at, job.on_step)
         done = at
         with clock("validate"):
             proba = s.predict(s.val_images, val_idx, ["id"])
@@ -181,9 +182,9 @@ def improves(score: float, loss: float, best_score: Optional[float], best_loss: 
 
 
 def optimizer_steps(s: FoldSetup, stream: Iterator, steps: range, cfg: TrialConfig, clock: PhaseClock,
-                    stop_at: Optional[float] = None) -> float:
+                    stop_at: Optional[float] = None, on_step: Optional[Callable[[], None]] = None) -> float:
     """Optimizer `steps` (0-based) on the next batches of `stream`; their mean loss (one sync at the
-    end). DeadlineReached when `stop_at` (a time.time()) passes before the last."""
+    end). DeadlineReached when `stop_at` (a time.time()) passes before the last; `on_step()` after each."""
     dev = next(s.model.parameters()).device
     s.model.train()
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no sync per step
@@ -199,6 +200,8 @@ def optimizer_steps(s: FoldSetup, stream: Iterator, steps: range, cfg: TrialConf
         s.scaler.update()
         loss_sum += loss.detach().float()
         clock.count_images(len(x))
+        if on_step is not None:
+            on_step()
     train_loss = loss_sum.item() / max(1, len(steps))
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} by step {steps.stop} (lr {cfg.lr:.2g}): lower search.lr")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +21,7 @@ from .config import TrialConfig
 from .datasets import FoldData
 from .device import device
 from .fit import optimizer_steps, set_up
+from .measured import Speed, read_speeds
 from .timing import PhaseClock
 
 if TYPE_CHECKING:
@@ -28,17 +29,6 @@ if TYPE_CHECKING:
 
 TIMED_STEPS = 3  # after one untimed step (the first allocates and warms the caches)
 TIMED_IMAGES = 64  # validation images predicted once, one view
-
-
-@dataclass(frozen=True)
-class Speed:
-    step: float  # seconds an optimizer step takes
-    image: float  # seconds a validation or test image takes to predict, one view
-    setup: float  # seconds a fold takes to set up: model, batches, optimiser
-
-    def line(self, cfg: TrialConfig) -> str:
-        return (f"{cfg.backbone} at {cfg.image_size} px, batch {cfg.batch_size}: {self.step:.3g} s a step, "
-                f"{1000 * self.image:.3g} ms an image to predict, {self.setup:.2g} s to set up a fold")
 
 
 def speed_key(cfg: TrialConfig) -> str:
@@ -58,17 +48,6 @@ def measured_speed(cfg: TrialConfig, task: "Task", data: FoldData, cache: Path) 
     speed = measure_speed(cfg, task, data)
     write_file(cache, json.dumps({**known, key: asdict(speed)}, indent=1))
     return speed
-
-
-def read_speeds(cache: Path) -> Dict[str, dict]:
-    """Measured speeds by `speed_key`; none when the file is missing or not what was written."""
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    ok = isinstance(known, dict) and all(isinstance(v, dict) and set(v) == {"step", "image", "setup"}
-                                         for v in known.values())
-    return known if ok else {}
 
 
 def measure_speed(cfg: TrialConfig, task: "Task", data: FoldData) -> Speed:

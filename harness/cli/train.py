@@ -1,0 +1,95 @@
+"""The commands that prepare the data or train: validate, search, submit, report, predict."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from optuna.trial import TrialState
+
+from ..config.paths import Run
+from ..data.prepare import prepare_data
+from ..errors import shown_url
+from ..preflight import check_run, open_run
+from ..search import budget
+from ..search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
+from ..search.loop import run_search
+from ..search.storage import count_finished, read_study
+from ..submit import make_report, make_submission
+from ..submit.predict import predict_images
+from ..submit.report import data_summary
+from .options import run_options
+
+
+@click.command()
+@run_options(open_run)
+def validate(run: Run) -> None:
+    """Check the spec and data; print the samples table summary."""
+    data = prepare_data(run)
+    weights = check_run(run, data)
+    click.echo(f"{run.spec.name}: {run.spec.task}, metric {run.spec.metric}, {run.spec.folds} folds")
+    click.echo(data_summary(data))
+    for line in weights:
+        click.echo(line)
+    for line in budget.speed_lines(run, data):
+        click.echo(line)
+    click.echo("ok")
+
+
+@click.command()
+@run_options(open_run)
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Finished trials the study should hold in total (running again continues).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="A deadline in seconds: budgets are planned from this machine's measured speed, the "
+                   "trial in flight at the deadline is cut (its finished folds kept), a study to submit is left.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
+                   "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
+@click.option("--quiet", is_flag=True, help="A line per trial; no progress or fold lines.")
+def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool) -> None:
+    """Search until the study holds --trials finished trials."""
+    try:
+        follow_launcher()  # a worker of `--workers N` stops with its launcher
+        workers = workers or default_worker_count()
+        if workers > 1:
+            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet)
+            study = read_study(run)
+        else:
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        safe_echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    best = study.best_trial if count_finished(study) and _has_complete(study) else None
+    safe_echo(f"{count_finished(study)} finished trials in {shown_url(run.storage_url)}"
+              + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))
+
+
+@click.command()
+@run_options(open_run)
+def submit(run: Run) -> None:
+    """Ensemble the finished trials and write the submission."""
+    make_submission(run, echo=click.echo)
+
+
+@click.command()
+@run_options(open_run)
+def report(run: Run) -> None:
+    """Write report.html: search, learning curves, confusion, ROC/PR, worst OOF predictions, trials."""
+    make_report(run, echo=click.echo)
+
+
+@click.command()
+@run_options(open_run)
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
+              help="The csv to write: image, the target column(s), each class's probability.")
+def predict(run: Run, images: tuple, out: str) -> None:
+    """Predict IMAGES (files, or folders searched recursively) with the run's ensemble (after submit)."""
+    predict_images(run, images, Path(out), echo=click.echo)
+
+
+def _has_complete(study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
