@@ -42,6 +42,15 @@ def test_unknown_backbone_is_refused_with_suggestions(class_folder_competition):
         load_competition(comp, ["search.backbones=[resnet_tiny]"])
 
 
+@pytest.mark.parametrize("written, meant", [("resnet-18", "resnet18"), ("resnt18", "resnet18"),
+                                             ("efficientnet-b0", "efficientnet_b0"), ("ResNet18", "resnet18")])
+def test_a_misspelt_backbone_gets_the_timm_name_it_meant(class_folder_competition, cli, written, meant):
+    result = cli("validate", class_folder_competition(), "--set", f"search.backbones=[{written}]", ok=False)
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and f"unknown timm model {written!r}" in line
+    assert line.split("did you mean: ")[1].split(", ")[0] == meant  # the nearest first
+
+
 def test_overrides_set_any_field_by_dotted_path(class_folder_competition):
     spec = load_competition(class_folder_competition(),
                             ["folds=3", "search.steps=2", "search.image_size=[24, 32]"])
