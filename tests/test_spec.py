@@ -14,6 +14,20 @@ def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
         load_competition(comp)
 
 
+@pytest.mark.parametrize("item, says, close", [
+    ("serch.lr=[1.0e-3]", "unknown key 'serch' (allowed: name, ", "did you mean search?"),
+    ("search.lrr=[1.0e-3]", "unknown key 'search.lrr' (allowed: backbones, ", "did you mean lr?"),
+    ("heads.age.metrc=accuracy", "unknown key 'heads.age.metrc' (allowed: metric, ", "did you mean metric?"),
+    ("folds.n=3", "'folds' is a value, not a section: write folds=VALUE", ""),
+])
+def test_an_unknown_key_on_the_command_line_is_blamed_on_it(class_folder_competition, item, says, close):
+    with pytest.raises(SpecError) as caught:
+        load_competition(class_folder_competition(), [item])
+    line = str(caught.value)
+    assert line.startswith(f"--set {item!r}: {says}") and line.endswith(close), line
+    assert "competition.yaml" not in line  # the file holds no such key
+
+
 def test_bad_value_names_allowed_values(class_folder_competition):
     comp = class_folder_competition()
     edit(comp, metric="f1")
