@@ -128,3 +128,15 @@ def test_list_reads_the_registries(cli):
     assert "soft_f1" in cli("list", "losses").output
     assert "roc_auc" in cli("list", "metrics").output
     assert "class_folders" in cli("list", "layouts").output
+
+
+def test_a_class_rarer_than_the_folds_is_said_once_in_the_harness_words(class_folder_competition, cli, recwarn):
+    comp = class_folder_competition(classes=("cat", "dog", "fox"))
+    for extra in sorted((comp.parent / "data" / "train" / "fox").iterdir())[1:]:
+        extra.unlink()  # one fox for two folds
+    out = cli("validate", comp).output
+    assert not [w for w in recwarn if "least populated class" in str(w.message)]  # scikit-learn's own words
+    notes = [line for line in out.splitlines() if "'fox'" in line]
+    assert notes == ["few images: class 'fox' (1 image, in 1 of the 2 folds): the other folds validate on none "
+                     "of it, and its per-class scores (recall, F1) are noisy"]
+    assert "'cat'" not in out and "'dog'" not in out

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
 from ..tasks import task_type
 from .digests import file_digests, listing_digest, same_content
-from .folds import folds_hash, load_or_make_folds
+from .folds import folds_hash, load_or_make_folds, sparse_classes
 from .images import infer_channels, load_resized, load_resized_masks, probe_images
 from .masks import load_native, mask_labels
 from .samples import Samples, load_samples
@@ -34,6 +34,7 @@ class SearchData:
     train_hash: str = ""  # the training listing's files and what they hold
     test_hash: str = ""  # the test listing's: stored with each fold's test predictions
     same: Optional[np.ndarray] = None  # per training row, the first row of the same bytes (itself if unique)
+    notes: List[str] = field(default_factory=list)  # what the user should know of the folds: `validate` and `search` say it
     _loaded: dict = field(default_factory=dict, repr=False)  # the last size's images, kept for the next trial
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -84,6 +85,7 @@ def prepare_data(run: "Run") -> SearchData:
     y = mask_labels(samples.train, run.spec.positive_value) if task.masks_are_labels else samples.y
     return SearchData(samples=samples, task=task, channels=channels, fold=table["fold"].to_numpy(),
                       folds_hash=folds_hash(table), y=y, same=same,
+                      notes=[] if task.masks_are_labels else sparse_classes(table, run.spec.folds),
                       # by the names as listed: the same data under another --data-root is the same data
                       train_hash=listing_digest(samples.train["listed"].tolist(), train_digests),
                       test_hash=listing_digest(samples.test["listed"].tolist(), test_digests))
