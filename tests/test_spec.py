@@ -1,10 +1,14 @@
 """A competitor's mistakes in competition.yaml or the data get one line naming what is wrong."""
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from conftest import edit_spec as edit
 from harness import SpecError, load_competition, open_run
 from harness.config.paths import RunPaths
+from harness.config.spec import SearchSpace
 
 
 def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
@@ -130,13 +134,12 @@ def test_list_reads_the_registries(cli):
     assert "class_folders" in cli("list", "layouts").output
 
 
-def test_a_class_rarer_than_the_folds_is_said_once_in_the_harness_words(class_folder_competition, cli, recwarn):
-    comp = class_folder_competition(classes=("cat", "dog", "fox"))
-    for extra in sorted((comp.parent / "data" / "train" / "fox").iterdir())[1:]:
-        extra.unlink()  # one fox for two folds
-    out = cli("validate", comp).output
-    assert not [w for w in recwarn if "least populated class" in str(w.message)]  # scikit-learn's own words
-    notes = [line for line in out.splitlines() if "'fox'" in line]
-    assert notes == ["few images: class 'fox' (1 image, in 1 of the 2 folds): the other folds validate on none "
-                     "of it, and its per-class scores (recall, F1) are noisy"]
-    assert "'cat'" not in out and "'dog'" not in out
+
+def test_the_readme_example_states_the_code_defaults():
+    """Where the README's competition.yaml says `(default X)`, X is the SearchSpace default."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("\nsearch:\n", 1)[1].split("```", 1)[0]
+    said = dict(re.findall(r"^  (\w+): .*\(default ([-\d.e]+)", example, flags=re.M))
+    assert {"evals", "patience", "prune_warmup"} <= set(said)
+    for key, value in said.items():
+        assert float(value) == getattr(SearchSpace(), key), f"README: search.{key} default {value}"
