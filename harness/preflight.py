@@ -8,6 +8,7 @@ from; `check_run` adds what only training needs (weights, models that build).
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
@@ -131,6 +132,14 @@ def _check_augment_on(spec: Competition, path: Path) -> None:
 def _check_backbones(names: List[str], path: Path) -> None:
     for name in names:
         if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            close = close_models(name)
             hint = f" (did you mean: {', '.join(close)})" if close else ""
             raise SpecError(f"{path}: 'search.backbones': unknown timm model {name!r}{hint}")
+
+
+def close_models(name: str, n: int = 5) -> List[str]:
+    """timm's model names nearest to `name`, read case-insensitively with '-' as '_' (resnet-18,
+    EfficientNet-B0, resnt18: resnet18, efficientnet_b0 first); else those holding its first word."""
+    key = name.strip().lower().replace("-", "_")
+    close = difflib.get_close_matches(key, timm.list_models(), n=n, cutoff=0.6)
+    return close or timm.list_models(f"*{key.split('_')[0]}*")[:n]

@@ -5,8 +5,9 @@ is one decorated function in that module, and the spec validator learns the name
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import SpecError
 
@@ -27,7 +28,7 @@ class Registry:
             for attr, value in meta.items():
                 setattr(obj, attr, value)
             self._entries[key] = obj
-            self._docs[key] = ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+            self._docs[key] = summary(obj.__doc__)
             return obj
 
         return wrap
@@ -70,3 +71,10 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def summary(doc: Optional[str]) -> str:
+    """A docstring's first paragraph as one line (what `harness list` prints): never cut at the
+    end of its first line, mid-sentence."""
+    paragraph = inspect.cleandoc(doc or "").split("\n\n")[0]
+    return " ".join(paragraph.split())

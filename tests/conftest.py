@@ -144,8 +144,9 @@ def draw(label: int, rng: np.random.Generator, size: int = 20, rgb: bool = False
     half = size // 2
     r, c = divmod(label % 4, 2)
     img[r * half:(r + 1) * half, c * half:(c + 1) * half] += 150
-    im = Image.fromarray(img)
-    return im.convert("RGB") if rgb else im
+    if rgb:  # a colour image: its blue channel dimmer (equal channels would count as greyscale)
+        return Image.fromarray(np.stack([img, img, img // 2], axis=-1))
+    return Image.fromarray(img)
 
 
 def tree(root: Path, skip: Optional[Path] = None) -> dict:

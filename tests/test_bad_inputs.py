@@ -237,6 +237,8 @@ CATALOGUE = [
     Case("unknown-backbone", with_set("search.backbones=[resnet_tiny]"),
          ["'search.backbones'", "resnet_tiny", "did you mean"]),
     Case("unknown-key", with_set("search.epoch=[3]"), ["unknown key 'search.epoch'", "allowed:"]),
+    Case("set-unknown-section", with_set("serch.lr=[1.0e-3]"),
+         ["Error: --set 'serch.lr=[1.0e-3]': unknown key 'serch'", "did you mean search?"]),
     Case("set-value-not-yaml", with_set("search.steps=["), ["search.steps=[", "close its brackets"]),
     Case("spec-yaml-syntax", broken_yaml, ["competition.yaml line 4", "fix that line"]),
     Case("patience-not-a-share", with_set("search.patience=4"), ["'search.patience'", "(0, 1]", "e.g. 0.3"]),

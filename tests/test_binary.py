@@ -214,7 +214,7 @@ def test_messy_files_load(tmp_path, cli):
             "search": dict(TINY_SEARCH)}
     comp = write_spec(tmp_path / "messy-comp", spec)
     out = cli("validate", comp, "--run-dir", tmp_path / "run").output
-    assert "channels used: 3" in out and "train: 16 images" in out
+    assert "channels used: 1" in out and "train: 16 images" in out  # the RGB and palette files hold grey
     cli("search", comp, "--run-dir", tmp_path / "run", "--trials", "1")
     cli("submit", comp, "--run-dir", tmp_path / "run")
     sub = pd.read_csv(tmp_path / "run" / "submission.csv")

@@ -49,3 +49,16 @@ def test_saved_folds_are_reused_and_checked(class_folder_competition, tmp_path):
 def test_too_few_groups_for_the_folds(csv_competition, tmp_path):
     with pytest.raises(SpecError, match="5 folds need at least 5 groups, found 3"):
         prepare_data(open_run(csv_competition(n_groups=3), run_dir=str(tmp_path / "r"), overrides=["folds=5"]))
+
+
+def test_a_class_rarer_than_the_folds_is_said_once_in_the_harness_words(class_folder_competition, cli, tmp_path,
+                                                                       recwarn):
+    comp = class_folder_competition(classes=("cat", "dog", "fox"))
+    for extra in sorted((comp.parent / "data" / "train" / "fox").iterdir())[1:]:
+        extra.unlink()  # one fox for two folds
+    out = cli("validate", comp, "--run-dir", tmp_path / "run").output
+    assert not [w for w in recwarn if "least populated class" in str(w.message)]  # scikit-learn's own words
+    notes = [line for line in out.splitlines() if "'fox'" in line]
+    assert notes == ["few images: class 'fox' (1 image, in 1 of the 2 folds): the other folds validate on none "
+                     "of it, and its per-class scores (recall, F1) are noisy"]
+    assert "'cat'" not in out and "'dog'" not in out

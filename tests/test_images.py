@@ -2,8 +2,10 @@
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from conftest import edit_spec
 from harness.data import images
 
 
@@ -51,3 +53,21 @@ def test_two_listings_of_one_shape_keep_their_own_cache(tmp_path):
     train, test = (images.load_resized(paths, 4, 1, cache) for paths in listings)
     assert sorted(p.name for p in cache.glob("*.npy")) == entries
     assert train.mean() == 10 and test.mean() == 90
+
+
+@pytest.mark.parametrize("coloured, channels", [(0, 1), (1, 3)])
+def test_greyscale_saved_as_rgb_counts_as_one_channel(class_folder_competition, cli, tmp_path, coloured, channels):
+    comp = edit_spec(class_folder_competition(per_class=4, n_test=2), channels=None)
+    files = sorted((comp.parent / "data").rglob("*.png"))
+    for i, path in enumerate(files):  # RGB files of grey pixels, as PNG and as JPEG
+        rgb = Image.open(path).convert("RGB")
+        path.unlink()
+        rgb.save(path.with_suffix(".jpg" if i % 2 else ".png"))
+    if coloured:  # one training image of colour
+        first = comp.parent / "data" / "train" / "cat" / "cat 00.png"
+        tinted = np.asarray(Image.open(first), np.uint8).copy()
+        tinted[:, :, 2] //= 2
+        Image.fromarray(tinted).save(first)
+    out = cli("validate", comp, "--run-dir", tmp_path / "run").output
+    assert "files by mode: RGB" in out and f"channels used: {channels}" in out
+    assert ("greyscale in colour files" in out) == (channels == 1)

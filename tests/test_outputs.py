@@ -83,6 +83,22 @@ def test_predict_new_images_with_the_runs_ensemble_and_leave_the_run_alone(class
     assert missing.exit_code == 1 and "nope.png: no such file or folder" in missing.output
 
 
+def test_status_from_another_folder_says_where_it_looked_and_why(class_folder_competition, cli, tmp_path, monkeypatch):
+    comp, elsewhere = class_folder_competition(), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not the folder `harness search` ran in
+    result = cli("status", comp, ok=False)
+    [line] = result.output.strip().splitlines()
+    assert result.exit_code == 1 and line.startswith("Error: no study 'tiny-folders': ")
+    assert f"looked for {elsewhere}/runs/tiny-folders/study.db" in line
+    assert f"without --run-dir the run dir is runs/tiny-folders under the current folder ({elsewhere})" in line
+    assert "pass the --run-dir that `harness search` used" in line
+    given = cli("status", comp, "--run-dir", "old-run", ok=False).output
+    assert f"looked for {elsewhere}/old-run/study.db" in given
+    assert "a relative --run-dir is read from the current folder" in given
+    assert not any(elsewhere.iterdir())  # nothing made on the way
+
+
 def test_status_of_a_storage_whose_folder_is_missing_names_the_folder(class_folder_competition, cli, tmp_path):
     comp = class_folder_competition()
     result = cli("status", comp, "--storage", f"sqlite:///{tmp_path}/missing/dir/x.db", ok=False)

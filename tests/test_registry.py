@@ -1,6 +1,7 @@
 """A test's own choice is registered for the test only: the registry is as it was afterwards."""
 import pytest
 
+from harness.preflight import REGISTRIES
 from harness.registry import Registry
 from harness.search import PRUNERS
 
@@ -54,3 +55,22 @@ def test_unregister_removes_one_name_and_refuses_an_unknown_one():
     assert registry.unregister("a") is never_prune and registry.names() == ["b"]
     with pytest.raises(KeyError, match="thing 'a' is not registered"):
         registry.unregister("a")
+
+
+def wrapped(search):
+    """Prunes nothing, described over two
+    lines (a test's own pruner).
+
+    A second paragraph, left out of the line."""
+
+
+def test_list_describes_each_choice_by_its_whole_first_paragraph(cli):
+    out = cli("list", "metrics").output
+    [line] = [line for line in out.splitlines() if line.startswith("roc_auc ")]
+    assert line.split(None, 1)[1] == ("Area under the ROC curve (binary), or one-vs-rest macro AUC (multiclass); "
+                                      "fold models' scores pooled as percentiles within their fold.")
+    with PRUNERS.temporarily("test_wrapped", wrapped, per_eval=False):
+        assert PRUNERS.describe("test_wrapped") == "Prunes nothing, described over two lines (a test's own pruner)."
+    for what in REGISTRIES:
+        for line in cli("list", what).output.splitlines():
+            assert line.rstrip().endswith((".", ")")), f"{what}: {line}"  # never cut mid-sentence

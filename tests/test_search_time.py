@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from harness.config.paths import RunPaths
-from harness.search.launch import worker_environments
+from harness.search.launch import GIB, default_worker_count, gpu_free_memory, worker_environments
 from harness.training.feed import resident_images
 from harness.training.timing import PHASES
 from conftest import edit_spec, load_study
@@ -85,6 +85,20 @@ def test_workers_get_one_gpu_each_round_robin_and_a_share_of_the_cores():
     assert all("CUDA_VISIBLE_DEVICES" not in e for e in one_gpu)
     cpu = worker_environments(2, base={}, gpus=0)
     assert cpu[0]["OMP_NUM_THREADS"] == cpu[0]["HARNESS_CPUS"] and [e["HARNESS_WORKER"] for e in cpu] == ["1", "2"]
+
+
+def test_the_default_worker_count_follows_each_gpus_free_memory(monkeypatch):
+    free = {0: 70 * GIB, 1: 20 * GIB}  # GPU 1 mostly taken by another user's process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 80 * GIB))
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert gpu_free_memory() == [70 * GIB, 20 * GIB]
+    assert default_worker_count() == 4 + 1  # 4 a GPU at most; 20 GiB free: one
+    free[0] = 10 * GIB
+    assert default_worker_count() == 2  # at least one a GPU
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_worker_count() == 1  # half the cores
 
 
 def test_device_copy_of_the_images_is_made_once_for_the_folds_of_a_trial():

@@ -1,10 +1,14 @@
 """A competitor's mistakes in competition.yaml or the data get one line naming what is wrong."""
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from conftest import edit_spec as edit
 from harness import SpecError, load_competition, open_run
 from harness.config.paths import RunPaths
+from harness.config.spec import SearchSpace
 
 
 def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
@@ -12,6 +16,20 @@ def test_unknown_key_names_key_and_allowed_keys(class_folder_competition):
     edit(comp, search__step=[3])
     with pytest.raises(SpecError, match=r"unknown key 'search.step' \(allowed: backbones, .*steps"):
         load_competition(comp)
+
+
+@pytest.mark.parametrize("item, says, close", [
+    ("serch.lr=[1.0e-3]", "unknown key 'serch' (allowed: name, ", "did you mean search?"),
+    ("search.lrr=[1.0e-3]", "unknown key 'search.lrr' (allowed: backbones, ", "did you mean lr?"),
+    ("heads.age.metrc=accuracy", "unknown key 'heads.age.metrc' (allowed: metric, ", "did you mean metric?"),
+    ("folds.n=3", "'folds' is a value, not a section: write folds=VALUE", ""),
+])
+def test_an_unknown_key_on_the_command_line_is_blamed_on_it(class_folder_competition, item, says, close):
+    with pytest.raises(SpecError) as caught:
+        load_competition(class_folder_competition(), [item])
+    line = str(caught.value)
+    assert line.startswith(f"--set {item!r}: {says}") and line.endswith(close), line
+    assert "competition.yaml" not in line  # the file holds no such key
 
 
 def test_bad_value_names_allowed_values(class_folder_competition):
@@ -40,6 +58,15 @@ def test_unknown_backbone_is_refused_with_suggestions(class_folder_competition):
     comp = class_folder_competition()
     with pytest.raises(SpecError, match=r"unknown timm model 'resnet_tiny'.*did you mean"):
         load_competition(comp, ["search.backbones=[resnet_tiny]"])
+
+
+@pytest.mark.parametrize("written, meant", [("resnet-18", "resnet18"), ("resnt18", "resnet18"),
+                                             ("efficientnet-b0", "efficientnet_b0"), ("ResNet18", "resnet18")])
+def test_a_misspelt_backbone_gets_the_timm_name_it_meant(class_folder_competition, cli, written, meant):
+    result = cli("validate", class_folder_competition(), "--set", f"search.backbones=[{written}]", ok=False)
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and f"unknown timm model {written!r}" in line
+    assert line.split("did you mean: ")[1].split(", ")[0] == meant  # the nearest first
 
 
 def test_overrides_set_any_field_by_dotted_path(class_folder_competition):
@@ -105,3 +132,14 @@ def test_list_reads_the_registries(cli):
     assert "soft_f1" in cli("list", "losses").output
     assert "roc_auc" in cli("list", "metrics").output
     assert "class_folders" in cli("list", "layouts").output
+
+
+
+def test_the_readme_example_states_the_code_defaults():
+    """Where the README's competition.yaml says `(default X)`, X is the SearchSpace default."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("\nsearch:\n", 1)[1].split("```", 1)[0]
+    said = dict(re.findall(r"^  (\w+): .*\(default ([-\d.e]+)", example, flags=re.M))
+    assert {"evals", "patience", "prune_warmup"} <= set(said)
+    for key, value in said.items():
+        assert float(value) == getattr(SearchSpace(), key), f"README: search.{key} default {value}"

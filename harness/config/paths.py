@@ -201,6 +201,7 @@ class Run:
     storage_given: bool = False  # --storage on this command: remembered once it connected
     overrides: List[str] = field(default_factory=list)  # remembered ones first, then this command's
     remembered: List[str] = field(default_factory=list)  # read from options.json
+    run_dir_given: bool = True  # False: the default runs/<name>, under the current folder
 
     def remember_storage(self) -> None:
         """Store --storage (once it connected) so that later commands find the study; the file may
@@ -242,7 +243,7 @@ def resolve_run(load: Callable[[str | Path, Sequence[str]], Competition], folder
     paths.submission(spec.submission.file)  # refused now, before anything is written
     data = spec.resolve_data_root(data_root, paths.data_dir)
     return Run(spec=spec, paths=paths, data_root=data, storage_url=_storage_url(paths, storage),
-               storage_given=bool(storage), overrides=overrides, remembered=remembered)
+               storage_given=bool(storage), overrides=overrides, remembered=remembered, run_dir_given=bool(run_dir))
 
 
 def plain_name(name: object) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from ..errors import SpecError
-from .validate import build, check_consistency
+from .validate import build, check_consistency, check_key
 
 SPEC_FILE = "competition.yaml"
 
@@ -207,6 +207,10 @@ def apply_override(raw: Dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise SpecError(f"--set {item!r}: expected KEY=VALUE")
     key, value = item.split("=", 1)
+    try:
+        check_key(Competition, key.strip())  # blamed on the command line, not on competition.yaml
+    except SpecError as err:
+        raise SpecError(f"--set {item!r}: {err}") from None
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:

@@ -8,6 +8,7 @@ formats, recipes, backbones) are the preflight's.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Union
@@ -32,9 +33,7 @@ def build(cls: type, raw: Any, where: str, registries: Mapping[str, Any]) -> Any
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = _join(where, unknown[0])
-        if key in RETIRED:
-            raise SpecError(f"'{key}' is no longer a key: {RETIRED[key]}")
-        raise SpecError(f"unknown key '{key}' (allowed: {', '.join(fields)})")
+        raise SpecError(_unknown(key, unknown[0], fields))
     kwargs = {}
     for name, f in fields.items():
         key = _join(where, name)
@@ -49,6 +48,40 @@ def build(cls: type, raw: Any, where: str, registries: Mapping[str, Any]) -> Any
         choices = f.metadata.get("choices", registries.get(f.metadata.get("registry")))
         kwargs[name] = _convert(hints[name], raw[name], key, choices, registries)
     return cls(**kwargs)
+
+
+def check_key(cls: type, key: str, where: str = "") -> None:
+    """A dotted `key` (`--set search.lr=...`) names a field of `cls` at every level, else one line
+    with the close names; below a mapping field (heads.<name>, train.classes) any name is a key."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        if part not in fields:
+            raise SpecError(_unknown(_join(where, part), part, fields))
+        where, rest = _join(where, part), parts[i + 1:]
+        hint = typing.get_type_hints(cls)[part]
+        options = [a for a in typing.get_args(hint) if a is not type(None)] \
+            if typing.get_origin(hint) is Union else [hint]
+        mapping = [o for o in options if typing.get_origin(o) in (dict, Dict)]
+        if mapping and len(rest) > 1 and dataclasses.is_dataclass(typing.get_args(mapping[0])[1]):
+            check_key(typing.get_args(mapping[0])[1], ".".join(rest[1:]), _join(where, rest[0]))
+            return  # heads.<name>.metric
+        nested = [o for o in options if dataclasses.is_dataclass(o)]
+        if not rest or mapping:
+            return  # a value, or a mapping's own keys
+        if not nested:
+            raise SpecError(f"'{where}' is a value, not a section: write {where}=VALUE")
+        cls = nested[0]
+
+
+def _unknown(key: str, name: str, fields: Mapping[str, Any]) -> str:
+    """The line for an unknown `key` (its last part `name`): what replaced a retired key, else the
+    keys allowed there and the close ones."""
+    if key in RETIRED:
+        return f"'{key}' is no longer a key: {RETIRED[key]}"
+    close = difflib.get_close_matches(str(name).lower(), list(fields), n=3, cutoff=0.6)
+    hint = f": did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown key '{key}' (allowed: {', '.join(fields)}){hint}"
 
 
 def _convert(hint: Any, value: Any, key: str, choices: Any, registries: Mapping[str, Any]) -> Any:

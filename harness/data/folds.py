@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,26 @@ def make_folds(samples: Samples, n_folds: int, seed: int, by: str = "stratified"
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y)
     fold = np.full(len(y), -1, dtype=int)
-    for k, (_, val_idx) in enumerate(splits):
-        fold[val_idx] = k
+    with warnings.catch_warnings():  # said in the harness's words by `sparse_classes`, once
+        warnings.filterwarnings("ignore", message="The least populated class in y", category=UserWarning)
+        for k, (_, val_idx) in enumerate(splits):
+            fold[val_idx] = k
     return fold
+
+
+def sparse_classes(table: pd.DataFrame, n_folds: int) -> List[str]:
+    """One line naming the classes that some folds validate on none of (fewer images than folds,
+    or all in a few groups), with their image counts: their per-class scores are noisy. No line
+    when every fold validates on every class (`validate` and `search` say it)."""
+    sparse = [(label, len(rows), rows.nunique()) for label, rows in table.groupby("label", sort=True)["fold"]
+              if rows.nunique() < n_folds]
+    if not sparse:
+        return []
+    many = len(sparse) > 1
+    named = ", ".join(f"{label!r} ({n} image{'s' if n != 1 else ''}, in {k} of the {n_folds} folds)"
+                      for label, n, k in sparse)
+    return [f"few images: class{'es' if many else ''} {named}: the other folds validate on none of "
+            f"{'them' if many else 'it'}, and {'their' if many else 'its'} per-class scores (recall, F1) are noisy"]
 
 
 def with_duplicates(groups: pd.Series, same: Optional[np.ndarray]) -> pd.Series:

@@ -162,7 +162,32 @@ def _probe_all(paths: Tuple[str, ...], key: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "width", "height", "mode"])
 
 
-def infer_channels(modes: Sequence[str]) -> int:
-    """1 when every image is greyscale, else 3."""
-    grey = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-    return 1 if all(m in grey for m in modes) else 3
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+CHECK_PX = 64  # JPEGs are checked for colour at this reduced scale (what `draft` decodes fastest)
+CHECK_BATCH = 64  # images decoded at once while checking: the first coloured batch ends the check
+
+
+def image_channels(paths: Sequence[str]) -> int:
+    """1 when every image is greyscale, else 3. Greyscale by its mode, or by its pixels: an image
+    stored in a colour mode (an RGB JPEG of a greyscale scan) whose three channels are equal
+    everywhere holds one channel's worth. Images of colour modes are decoded (JPEGs at a reduced
+    scale), a batch at a time, up to the first coloured one; once per listing, its files' state and
+    process."""
+    return _channels(tuple(paths), cache_key(paths, 0, 0))
+
+
+@lru_cache(maxsize=4)
+def _channels(paths: Tuple[str, ...], key: str) -> int:
+    probe = _probe_all(paths, key)
+    colour = [p for p, mode in zip(probe["path"], probe["mode"]) if mode not in GREY_MODES]
+    for start in range(0, len(colour), CHECK_BATCH):
+        batch = colour[start:start + CHECK_BATCH]
+        if not all(Parallel(n_jobs=-1, prefer="threads")(delayed(equal_channels)(p) for p in batch)):
+            return 3
+    return 1
+
+
+def equal_channels(path: str) -> bool:
+    """The image's red, green and blue are the same everywhere (as the model would be given them)."""
+    arr = read_image(path, 3, at_least=CHECK_PX)
+    return bool((arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 1] == arr[:, :, 2]).all())

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
 from ..tasks import task_type
 from .digests import file_digests, listing_digest, same_content
-from .folds import folds_hash, load_or_make_folds
-from .images import infer_channels, load_resized, load_resized_masks, probe_images
+from .folds import folds_hash, load_or_make_folds, sparse_classes
+from .images import GREY_MODES, image_channels, load_resized, load_resized_masks, probe_images
 from .masks import load_native, mask_labels
 from .samples import Samples, load_samples
 
@@ -34,6 +34,7 @@ class SearchData:
     train_hash: str = ""  # the training listing's files and what they hold
     test_hash: str = ""  # the test listing's: stored with each fold's test predictions
     same: Optional[np.ndarray] = None  # per training row, the first row of the same bytes (itself if unique)
+    notes: List[str] = field(default_factory=list)  # what the user should know of the data: `validate` and `search` say it
     _loaded: dict = field(default_factory=dict, repr=False)  # the last size's images, kept for the next trial
 
     def images(self, size: int, cache: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -68,9 +69,11 @@ def prepare_data(run: "Run") -> SearchData:
     """Load and check the data and folds; raises SpecError before anything is trained."""
     task_class = task_type(run.spec)  # the registered task: its traits and rules
     samples = load_samples(run.spec, run.data_root, task_class)
-    channels = run.spec.channels or infer_channels(
-        probe_images(samples.train["path"].unique().tolist())["mode"].tolist()
-    )
+    train_files = samples.train["path"].unique().tolist()
+    channels = run.spec.channels or image_channels(train_files)
+    notes = [] if run.spec.channels or channels == 3 or not _colour_modes(train_files) else [
+        "greyscale in colour files: every training image's three channels are equal, so one channel is used "
+        "(a third of the image cache and of the first layer); set channels: 3 to keep three"]
     store = run.paths.digests_json if run.paths.root.is_dir() else None  # a command never creates the run dir for it
     n_train = len(samples.train)  # one pass over both listings: the store is read and written once
     digests = file_digests(samples.train["path"].tolist() + samples.test["path"].tolist(), store)
@@ -84,6 +87,7 @@ def prepare_data(run: "Run") -> SearchData:
     y = mask_labels(samples.train, run.spec.positive_value) if task.masks_are_labels else samples.y
     return SearchData(samples=samples, task=task, channels=channels, fold=table["fold"].to_numpy(),
                       folds_hash=folds_hash(table), y=y, same=same,
+                      notes=notes + ([] if task.masks_are_labels else sparse_classes(table, run.spec.folds)),
                       # by the names as listed: the same data under another --data-root is the same data
                       train_hash=listing_digest(samples.train["listed"].tolist(), train_digests),
                       test_hash=listing_digest(samples.test["listed"].tolist(), test_digests))
@@ -96,3 +100,8 @@ def model_images(task: "Task", frame: "pd.DataFrame", size: int, channels: int,
     if task.trains_on_whole_images:
         return load_resized(frame["path"].tolist(), size, channels, cache)
     return load_native(frame, channels)
+
+
+def _colour_modes(paths: List[str]) -> bool:
+    """Some of the files are stored in a colour mode (RGB, a palette)."""
+    return any(mode not in GREY_MODES for mode in probe_images(paths)["mode"])

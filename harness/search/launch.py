@@ -45,22 +45,19 @@ def default_worker_count() -> int:
 
 
 def gpu_free_memory() -> List[int]:
-    """Bytes free on each visible GPU: NVML's figure (what other processes use is not free), else
-    the GPU's whole memory; none on a CPU. Nothing is allocated on the GPUs to find out."""
+    """Bytes free on each visible GPU (what other processes use is not free), as the CUDA driver
+    reports it (`torch.cuda.mem_get_info`), else the GPU's whole memory; none on a CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return []
-    totals = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip().isdigit()]
-        indices = [int(d) for d in visible] or list(range(len(totals)))
-        return [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free for i in indices]
-    except Exception:  # noqa: BLE001 - no NVML (or GPUs named by UUID): their whole memory
-        return totals
+    free = []
+    for i in range(torch.cuda.device_count()):  # indices among the visible GPUs, as CUDA numbers them
+        try:
+            free.append(int(torch.cuda.mem_get_info(i)[0]))
+        except RuntimeError:  # a GPU the driver will not open now: its whole memory
+            free.append(int(torch.cuda.get_device_properties(i).total_memory))
+    return free
 
 
 def worker_environments(n: int, base: Optional[Dict[str, str]] = None, gpus: Optional[int] = None,

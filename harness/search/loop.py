@@ -153,7 +153,7 @@ def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], ti
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
-    for line in check_trainable(run.spec.search, data.task, data.channels):
+    for line in [*data.notes, *check_trainable(run.spec.search, data.task, data.channels)]:
         echo(line)
     storage = connect(run.storage_url, run.spec.search.heartbeat)  # a bad --storage is said before decoding
     # Decode every image once now: a bad file is reported before any training starts.

@@ -35,14 +35,28 @@ def read_study(run: Run, storage: Optional[RDBStorage] = None) -> optuna.Study:
     shown = shown_url(run.storage_url)
     db_file = sqlite_file(run.storage_url)
     if db_file is not None and not db_file.is_file():  # opening it would create an empty database
-        where = db_file.parent if not db_file.parent.is_dir() else db_file
-        raise SpecError(f"no study {run.study_name!r}: {where} does not exist (storage {shown}): check "
-                        "--run-dir and --storage, or run `harness search` first")
+        raise SpecError(no_study_file(run, db_file, shown))
     try:
         return optuna.load_study(study_name=run.study_name,
                                  storage=storage or connect(run.storage_url, run.spec.search.heartbeat))
     except KeyError:
         raise SpecError(f"no study {run.study_name!r} in {shown}: run `harness search` first") from None
+
+
+def no_study_file(run: Run, db_file: Path, shown: str) -> str:
+    """The line for a study whose SQLite file is not there: where it was looked for and why there
+    (run dirs are relative to the current folder), what to pass instead."""
+    where = db_file.parent if not db_file.parent.is_dir() else db_file
+    looked = f"{where} does not exist (looked for {db_file.resolve()})"
+    if db_file.resolve() != run.paths.study_db.resolve():  # --storage or the URL remembered in the run dir
+        return f"no study {run.study_name!r}: {where} does not exist (storage {shown}): check --storage, or " \
+            "run `harness search` first"
+    if run.run_dir_given:
+        return (f"no study {run.study_name!r}: {looked}: a relative --run-dir is read from the current folder "
+                f"({Path.cwd()}): check --run-dir and --storage, or run `harness search` first")
+    return (f"no study {run.study_name!r}: {looked}: without --run-dir the run dir is runs/{run.paths.root.name} "
+            f"under the current folder ({Path.cwd()}): pass the --run-dir that `harness search` used (or run "
+            "from the folder it ran in), or run `harness search` first")
 
 
 def count_finished(study: optuna.Study) -> int:

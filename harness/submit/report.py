@@ -35,6 +35,7 @@ def data_summary(data: SearchData) -> str:
         lines.append(f"groups: {s.train['group'].nunique()} (largest {s.train['group'].value_counts().max()})")
     fold_sizes = pd.Series(data.fold).value_counts().sort_index()
     lines.append("folds: " + ", ".join(f"{k}: {n}" for k, n in fold_sizes.items()))
+    lines += data.notes  # classes some folds never validate on
     for name, probe in (("train", train_probe), ("test", test_probe)):
         lines.append(f"{name} sizes: width {probe['width'].min()}-{probe['width'].max()}, height "
                      f"{probe['height'].min()}-{probe['height'].max()}; files by mode: "
