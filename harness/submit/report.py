@@ -148,3 +148,22 @@ def oof_lines(figures: Dict[str, dict]) -> List[str]:
             lines.append(prefix + cutoff_text(f))
         lines.append(f"{prefix}OOF confusion matrix:\n" + f["confusion_matrix"].to_string())
     return lines
+
+
+def class_table(truth: np.ndarray, predicted: np.ndarray, classes: List[str]) -> pd.DataFrame:
+    """Per class: precision, recall, F1 and support (true count), then their macro and support-weighted
+    means, as scikit-learn's classification_report has them (a class never predicted has precision 0)."""
+    labels = np.arange(len(classes))
+    rows = dict(zip(classes, zip(*skm.precision_recall_fscore_support(truth, predicted, labels=labels,
+                                                                      zero_division=0))))
+    for average in ("macro", "weighted"):
+        *scores, _ = skm.precision_recall_fscore_support(truth, predicted, labels=labels, average=average,
+                                                         zero_division=0)
+        rows[f"{average} avg"] = (*scores, len(truth))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["precision", "recall", "f1", "support"])
+    return table.astype({"support": int})
+
+
+def row_normalised(matrix: pd.DataFrame) -> pd.DataFrame:
+    """The confusion matrix with each true class's row as shares of that class (NaN where it has none)."""
+    return matrix.div(matrix.sum(axis=1).replace(0, np.nan), axis=0)
