@@ -66,6 +66,8 @@ def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
         right.plot(history["step"], history["val_loss"], color=f"C{k}", linestyle="--")
     left.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     right.set(xlabel="step", ylabel="loss", title="train (solid) and validation (dashed) loss")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # optimizer steps are whole
     left.legend(fontsize=8)
     return png(fig)
 
@@ -74,15 +76,16 @@ def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: List[str]) -> bytes:
     """The OOF confusion matrix as counts and, beside it, row-normalised (each true class's share)."""
     plt = pyplot()
-    side = max(4.0, 0.45 * len(classes) + 2.5)
+    side = max(4.5, 0.45 * len(classes) + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side, side))
     for ax, normalize, title, cmap in ((axes[0], None, "counts", "Blues"),
-                                       (axes[1], "true", "row-normalised (recall on the diagonal)", "Greens")):
+                                       (axes[1], "true", "row-normalised\n(recall on the diagonal)", "Greens")):
         skm.ConfusionMatrixDisplay.from_predictions(
             truth, predicted, labels=np.arange(len(classes)), display_labels=classes, ax=ax, colorbar=False,
             normalize=normalize, values_format=".2f" if normalize else "d", cmap=cmap,
             xticks_rotation=45 if len(classes) > 4 else "horizontal")
-        ax.set_title(f"OOF confusion matrix (ensemble): {title}", fontsize=10)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("OOF confusion matrix (ensemble)")
     return png(fig)
 
 

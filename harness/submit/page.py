@@ -31,7 +31,7 @@ WORST = 12  # worst OOF predictions shown per head
 STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}"
          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
          ".per-class td,.counts td,.row-normalised td{text-align:right}img{max-width:100%;display:block;margin:.5em 0}h2{border-bottom:1px solid #ccc}"
-         ".side{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.side h4{margin:.3em 0}"
+         ".side{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start;margin-top:1em}.side h4{margin:.3em 0}"
          ".warning{background:#fff3cd;border-left:4px solid #e0a800;padding:.4em .8em}"
          ".gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;font-size:11px;max-width:240px}"
          ".gallery figcaption{white-space:pre-line;word-break:break-all}"
@@ -55,7 +55,7 @@ def write_report(run: "Run", data: "SearchData", study: optuna.Study, ens: "Ense
 def _heads_section(run: "Run", data: "SearchData", ens: "Ensemble", head_figures: Dict[str, dict]) -> List[str]:
     parts = []
     labels = data.task.labels(ens.oof, ens.thresholds)
-    worst = _worst_examples(data, ens.oof, labels)
+    worst = _worst_examples(data, ens, labels)
     for head, truth, predicted, scores in head_arrays(data.task, data.y, ens.oof, labels):
         f = head_figures[head.name]
         parts.append(f"<h2>{html.escape(head_heading(run, data, head))}</h2>")
@@ -106,13 +106,13 @@ def _gallery(examples: List[Tuple[list, List[str], str]], heading: str) -> List[
     return parts + ['<div class="gallery">' + "".join(cells) + "</div>"]
 
 
-def _worst_examples(data: "SearchData", oof: np.ndarray,
-                    labels: np.ndarray) -> Dict[str, Tuple[List[tuple], str]]:
+def _worst_examples(data: "SearchData", ens: "Ensemble", labels: np.ndarray) -> Dict[str, Tuple[List[tuple], str]]:
     """Per head: ([(image panels, caption, full path)], heading) of the worst OOF predictions."""
+    oof = ens.oof
     names = data.samples.train["listed"].astype(str).to_numpy()
     paths = data.samples.train["path"].astype(str).to_numpy()
     if data.task.masks_are_labels:
-        return {data.task.heads[0].name: _worst_masks(data, oof, names, paths)}
+        return {data.task.heads[0].name: _worst_masks(data, ens, labels, names, paths)}
     out = {}
     for i, head in enumerate(data.task.heads):
         truth = data.y[:, i]
@@ -126,14 +126,15 @@ def _worst_examples(data: "SearchData", oof: np.ndarray,
     return out
 
 
-def _worst_masks(data: "SearchData", oof: np.ndarray, names: np.ndarray,
+def _worst_masks(data: "SearchData", ens: "Ensemble", labels: np.ndarray, names: np.ndarray,
                  paths: np.ndarray) -> Tuple[List[tuple], str]:
-    metric = data.task.heads[0].metric
-    scores = data.task.oof_frame(data.y, oof)[metric].to_numpy()
+    """The images whose masks score lowest at the ensemble's cut-off (the one the submission uses)."""
+    metric, y = data.task.heads[0].metric, data.y
+    scores = np.array([data.task.score(y[i:i + 1], ens.oof[i:i + 1], ens.thresholds) for i in range(len(y))])
     rows = np.argsort(scores, kind="stable")[:WORST // 2]
     images = load_native(data.samples.train.iloc[rows], data.channels)
     examples = [([im[..., 0] if im.shape[-1] == 1 else im, fig.overlay(im, data.y[r], (0, 200, 0)),
-                  fig.overlay(im, oof[r] >= 0.5, (220, 0, 0))],
+                  fig.overlay(im, labels[r], (220, 0, 0))],
                  f"{_short(names[r])}: {metric} {scores[r]:.3f}\nimage | truth | prediction", paths[r])
                 for im, r in zip(images, rows)]
     return examples, f"The {len(rows)} images with the lowest OOF {metric}"

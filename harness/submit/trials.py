@@ -150,11 +150,17 @@ def _positions(ax, name: str, trials: List[FrozenTrial]) -> Dict[int, float]:
         ax.set_xticks(range(len(choices)), [str(c) for c in dist.choices], rotation=20, fontsize=8)
         ax.set_xlim(-0.5, len(choices) - 0.5)
         return {t.number: float(choices.index(repr(t.params[name]))) for t in trials}
+    values = [float(t.params[name]) for t in trials]
     if getattr(dist, "log", False):
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(fig.pyplot().FuncFormatter(lambda v, _: f"{v:.0e}"))  # not TeX: plain text
-        ax.xaxis.set_minor_formatter(fig.pyplot().NullFormatter())
-    return {t.number: float(t.params[name]) for t in trials}
+        from matplotlib import ticker  # matplotlib loads when a report is drawn, not with the CLI
+        wide = max(values) / min(values)  # ticks at each decade, or at 1-2-5 (every digit) in a narrow range
+        subs = (1.0,) if wide > 1e3 else (1.0, 2.0, 5.0) if wide > 3 else tuple(range(1, 10))
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=subs))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-")))  # not TeX
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    return {t.number: v for t, v in zip(trials, values)}
 
 
 def _curves_section(run: "Run", study: optuna.Study, complete: List[FrozenTrial]) -> List[str]:
