@@ -22,6 +22,8 @@ from .report import class_table, cutoff_text, data_summary, head_arrays, leaderb
 from .trials import search_section
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config.paths import Run
     from ..data.prepare import SearchData
     from ..tasks import Head
@@ -59,7 +61,7 @@ def _heads_section(run: "Run", data: "SearchData", ens: "Ensemble", head_figures
     for head, truth, predicted, scores in head_arrays(data.task, data.y, ens.oof, labels):
         f = head_figures[head.name]
         parts.append(f"<h2>{html.escape(head_heading(run, data, head))}</h2>")
-        parts.append(_tables(head, truth, predicted, f["confusion_matrix"], data.task.masks_are_labels))
+        parts.append(_tables(head, f["confusion_matrix"], data.task.masks_are_labels))
         if not data.task.masks_are_labels:
             parts.append(fig.img("confusion matrix", fig.confusion(truth, predicted, head.classes)))
         if "cutoff" in f:
@@ -82,10 +84,10 @@ def head_heading(run: "Run", data: "SearchData", head: "Head") -> str:
     return run.spec.submission.target_column or head.name
 
 
-def _tables(head: "Head", truth: np.ndarray, predicted: np.ndarray, matrix, pixels: bool) -> str:
+def _tables(head: "Head", matrix: "pd.DataFrame", pixels: bool) -> str:
     """Per class scores, and the confusion matrix as counts beside its row-normalised shares."""
     what = "pixels" if pixels else "images"
-    per_class = class_table(truth, predicted, head.classes).to_html(
+    per_class = class_table(matrix, head.classes).to_html(
         classes="per-class", float_format="{:.3f}".format)
     shares = row_normalised(matrix).to_html(classes="row-normalised", float_format="{:.3f}".format, na_rep="")
     matrices = ('<div class="side">'

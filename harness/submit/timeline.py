@@ -34,7 +34,7 @@ def timeline(trials: List[FrozenTrial], best: Optional[int] = None) -> str:
     scale = (WIDTH - LABELS - 20) / span
     height = AXIS + LANE * len(names) + 8
     out = [f'<svg class="timeline" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
-           'role="img" style="font:11px sans-serif">']
+           'role="img" style="font:11px sans-serif;max-width:100%;height:auto">']
     for tick in _ticks(span):
         x = LABELS + tick * scale
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{AXIS - 4}" y2="{height - 8}" stroke="#ddd"/>'
