@@ -98,7 +98,7 @@ def _tables(head: "Head", matrix: "pd.DataFrame", pixels: bool) -> str:
     return f"<h4>Per class (OOF, ensemble; support: true {what})</h4>{per_class}{matrices}"
 
 
-def _gallery(examples: List[Tuple[list, List[str], str]], heading: str) -> List[str]:
+def _gallery(examples: List[Tuple[list, str, str]], heading: str) -> List[str]:
     """The worst predictions, each a thumbnail with its caption; its full path on hover."""
     parts = [f"<h3>{html.escape(heading)}</h3>"]
     if not examples:
