@@ -92,6 +92,7 @@ def test_each_head_learns_its_own_signal_and_is_submitted(faces, cli, tmp_path):
     assert RunPaths(run_dir).confusion_csv("colour").is_file()
     page = RunPaths(run_dir).report_html.read_text()  # a section per head, with its own confusion and mistakes
     assert "<h2>corner</h2>" in page and "<h2>colour</h2>" in page and page.count('alt="confusion matrix"') == 2
+    assert page.count('class="dataframe per-class"') == page.count('class="dataframe row-normalised"') == 2
 
 
 def test_multihead_spec_errors(faces):

@@ -108,7 +108,9 @@ def test_tiff_volume_search_and_submit(volume, cli, tmp_path):
     out = cli("submit", volume, "--run-dir", run_dir).output
     assert "OOF dice" in out and "best OOF dice" in out
     page = RunPaths(run_dir).report_html.read_text()  # the worst images: image | truth | prediction
-    assert re.search(r'<img alt="The \d images with the lowest OOF dice" src="data:image/png;base64,', page), page[:300]
+    assert re.search(r'<h3>The \d images with the lowest OOF dice</h3><div class="gallery"><figure title="/[^"]+">'
+                     r'<img alt="mistake: [^"]+" src="data:image/png;base64,', page), page[:300]
+    assert 'class="dataframe per-class"' in page and "<th>true background</th>" in page  # the pixel classes
     labels = tifffile.imread(run_dir / "test-labels.tif")
     assert labels.shape == (4, 48, 48) and set(np.unique(labels)) <= {0, 255}
     record = json.loads(RunPaths(run_dir).ensemble_json.read_text())

@@ -1,19 +1,21 @@
 """The report's figures, each a PNG as bytes (embedded in report.html, so the page is one file).
 
-Optuna's matplotlib visualisations for the search (history, importances, slices), the best
-trial's learning curves, and per head: the confusion matrix with class names, ROC and
-precision-recall with the cut-off, and the worst OOF predictions with their images.
+The best trial's learning curves fold by fold, and per head: the confusion matrix with class names
+(counts and row-normalised), ROC and precision-recall with the cut-off, and a thumbnail of each of
+the worst OOF predictions. The search's figures are in `trials.py`.
 """
 from __future__ import annotations
 
+import base64
 import functools
+import html
 import io
 import warnings
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Sequence
 
 import numpy as np
-import optuna
 import pandas as pd
+from PIL import Image
 from sklearn import metrics as skm
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 THUMB = 112  # pixels a side of a thumbnail of the worst predictions
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +39,7 @@ def plain_text(draw: Callable) -> Callable:
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
-        with _plt().rc_context({"text.parse_math": False}):
+        with pyplot().rc_context({"text.parse_math": False}):
             return draw(*args, **kwargs)
     return wrapper
 
@@ -49,47 +51,14 @@ def png(fig: "matplotlib.figure.Figure") -> bytes:
         warnings.simplefilter("ignore")  # a colour bar's axes: tight_layout does what it can
         fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
-    _plt().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
-
-
-def optuna_figure(plot: Callable, study: optuna.Study, **kwargs) -> Optional[bytes]:
-    """One of optuna.visualization.matplotlib's plots, or None where the study cannot have it yet
-    (importances need two complete trials that differ)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "experimental" warnings of the matplotlib backend
-            axes = plot(study, **kwargs)
-    except (ValueError, RuntimeError, ZeroDivisionError):
-        return None
-    first = np.ravel(axes)[0] if isinstance(axes, np.ndarray) else axes
-    fig = first.figure
-    fig.set_size_inches(max(6.0, min(18.0, 3.2 * len(np.ravel(axes)))) if isinstance(axes, np.ndarray) else 7.0,
-                        3.8)
-    return png(fig)
-
-
-def search_figures(study: optuna.Study) -> List[tuple]:
-    """(title, png) of the optimisation history, the parameter importances and the slices."""
-    from optuna.visualization import matplotlib as ovm
-
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = sorted(k for k in {k for t in complete for k in t.params}
-                    if len({repr(t.params.get(k)) for t in complete}) > 1)  # a fixed choice says nothing
-    out = []
-    for title, plot, kwargs in (("Optimisation history", ovm.plot_optimization_history, {}),
-                                ("Parameter importances", ovm.plot_param_importances, {"params": varied}),
-                                ("Parameters against the CV (slices)", ovm.plot_slice, {"params": varied})):
-        image = optuna_figure(plot, study, **kwargs) if varied or not kwargs else None
-        if image is not None:
-            out.append((title, image))
-    return out
 
 
 @plain_text
 def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
     """Each fold's validation metric and losses against the optimizer step."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, history in enumerate(histories):
         left.plot(history["step"], history[metric], marker=".", label=f"fold {k}")
@@ -97,25 +66,33 @@ def learning_curves(histories: Sequence[pd.DataFrame], metric: str) -> bytes:
         right.plot(history["step"], history["val_loss"], color=f"C{k}", linestyle="--")
     left.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     right.set(xlabel="step", ylabel="loss", title="train (solid) and validation (dashed) loss")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # optimizer steps are whole
     left.legend(fontsize=8)
     return png(fig)
 
 
 @plain_text
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: List[str]) -> bytes:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(classes) + 2.5),) * 2)
-    skm.ConfusionMatrixDisplay.from_predictions(truth, predicted, labels=np.arange(len(classes)),
-                                                display_labels=classes, ax=ax, colorbar=False,
-                                                xticks_rotation=45 if len(classes) > 4 else "horizontal")
-    ax.set_title("OOF confusion matrix (ensemble)")
+    """The OOF confusion matrix as counts and, beside it, row-normalised (each true class's share)."""
+    plt = pyplot()
+    side = max(4.5, 0.45 * len(classes) + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side))
+    for ax, normalize, title, cmap in ((axes[0], None, "counts", "Blues"),
+                                       (axes[1], "true", "row-normalised\n(recall on the diagonal)", "Greens")):
+        skm.ConfusionMatrixDisplay.from_predictions(
+            truth, predicted, labels=np.arange(len(classes)), display_labels=classes, ax=ax, colorbar=False,
+            normalize=normalize, values_format=".2f" if normalize else "d", cmap=cmap,
+            xticks_rotation=45 if len(classes) > 4 else "horizontal")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("OOF confusion matrix (ensemble)")
     return png(fig)
 
 
 @plain_text
 def roc_pr(truth: np.ndarray, scores: np.ndarray, fold: np.ndarray, cutoff: dict) -> bytes:
     """ROC (each fold and pooled) and precision-recall of the pooled OOF, the cut-off marked on both."""
-    plt = _plt()
+    plt = pyplot()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.6))
     for k in np.unique(fold):
         rows = fold == k
@@ -136,23 +113,22 @@ def roc_pr(truth: np.ndarray, scores: np.ndarray, fold: np.ndarray, cutoff: dict
     return png(fig)
 
 
-@plain_text
-def thumbnails(panels: List[List[np.ndarray]], captions: List[str], columns: int = 4) -> bytes:
-    """A grid of examples: each is one or more uint8 H×W(×C) panels side by side, and a caption."""
-    plt = _plt()
-    per = max(len(p) for p in panels)
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns * per, figsize=(1.9 * columns * per, 2.5 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, (example, caption) in enumerate(zip(panels, captions)):
-        r, c = divmod(i, columns)
-        for j, image in enumerate(example):
-            ax = axes[r, c * per + j]
-            ax.imshow(image.squeeze(), cmap="gray" if image.ndim == 2 or image.shape[-1] == 1 else None,
-                      vmin=0, vmax=255)
-        axes[r, c * per].set_title(caption, fontsize=7, loc="left")
-    return png(fig)
+def thumbnail(panels: List[np.ndarray], height: int = 3 * THUMB // 2) -> bytes:
+    """One example's uint8 H×W(×C) panels side by side, 4 white pixels apart, as a PNG `height` high
+    (small images are enlarged without smoothing: a pixel stays a pixel)."""
+    rgb = [_rgb(p) for p in panels]
+    gap = np.full((rgb[0].shape[0], 4, 3), 255, np.uint8)
+    strip = np.concatenate([x for p in rgb for x in (p, gap)][:-1], axis=1)
+    width = max(1, round(strip.shape[1] * height / strip.shape[0]))
+    image = Image.fromarray(strip).resize((width, height), Image.NEAREST if strip.shape[0] < height else Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = image if image.ndim == 3 else image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> np.ndarray:
@@ -161,3 +137,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: Sequence[int]) -> np.nda
     out = rgb.astype(np.float32)
     out[mask > 0] = 0.5 * out[mask > 0] + 0.5 * np.asarray(color, np.float32)
     return out.astype(np.uint8)
+
+
+def img(alt: str, image: bytes) -> str:
+    """An <img> holding the PNG itself (base64): the page stays one file."""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(image).decode("ascii")}">'

@@ -111,3 +111,25 @@ def oof_lines(figures: Dict[str, dict]) -> List[str]:
             lines.append(prefix + cutoff_text(f))
         lines.append(f"{prefix}OOF confusion matrix:\n" + f["confusion_matrix"].to_string())
     return lines
+
+
+def class_table(matrix: pd.DataFrame, classes: List[str]) -> pd.DataFrame:
+    """Per class: precision, recall, F1 and support (true count), then their macro and support-weighted
+    means, as scikit-learn's classification_report has them (0 where a class is never predicted or
+    never true), read off the confusion matrix: a mask's millions of pixels are not counted again."""
+    counts = matrix.to_numpy().astype(float)
+    hits, support, predicted = np.diag(counts), counts.sum(axis=1), counts.sum(axis=0)
+    table = pd.DataFrame({"precision": _share(hits, predicted), "recall": _share(hits, support),
+                          "f1": _share(2 * hits, support + predicted)}, index=list(classes))
+    weighted = np.average(table, axis=0, weights=support) if support.sum() else np.zeros(3)
+    table.loc["macro avg"], table.loc["weighted avg"] = table.mean(), weighted
+    return table.assign(support=[*support, support.sum(), support.sum()]).astype({"support": int})
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    return np.divide(part, whole, out=np.zeros_like(part), where=whole > 0)
+
+
+def row_normalised(matrix: pd.DataFrame) -> pd.DataFrame:
+    """The confusion matrix with each true class's row as shares of that class (NaN where it has none)."""
+    return matrix.div(matrix.sum(axis=1).replace(0, np.nan), axis=0)
