@@ -1,4 +1,4 @@
-"""What a user reads: the study leaderboard, the data summary of `harness validate`, the OOF
+"""What a user reads: the data summary of `harness validate`, the OOF
 confusion matrices and cut-offs (report.html is `page.py`)."""
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from ..config.paths import RunPaths
 from ..data.images import probe_images
 from ..data.prepare import SearchData
 from ..files import Staged
-from ..search.board import leaderboard  # noqa: F401 - the report's table is status's
 from .ensemble import Ensemble
 
 if TYPE_CHECKING:
