@@ -23,6 +23,7 @@ runs/<name>/
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
+    mlruns/                       search --mlflow: the MLflow store, mlflow.db and artifacts/ (search/tracking.py)
     <submission file>             e.g. submission.csv
 """
 from __future__ import annotations
@@ -76,7 +77,8 @@ class FoldPaths:
 
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
 OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
-                       "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
+                       "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock",
+                       "mlruns"})
 
 
 def sqlite_lock(db_file: Path) -> Path:
@@ -156,6 +158,11 @@ class RunPaths:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def mlruns(self) -> Path:
+        """The MLflow store of `search --mlflow`; once made, later searches and reports log to it."""
+        return self.root / "mlruns"
 
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"t{number:04d}"
