@@ -1,14 +1,17 @@
 """`harness search --mlflow`: each finished trial in a real local MLflow store, the report as an artifact."""
 import sys
 
+import optuna
 import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from conftest import load_study
 from harness import open_run
 from harness.config.paths import RunPaths
 from harness.search import record
 from harness.search.launch import worker_command
-from harness.search.tracking import CURVE, CV, REPORT_RUN, store_uri
+from harness.search.tracking import CURVE, CV, REPORT_RUN, TrialLog, make_store, store_uri
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 
@@ -70,3 +73,21 @@ def test_asked_for_without_mlflow_installed_is_one_line_before_training(class_fo
     out = cli("search", comp, "--run-dir", run_dir, "--trials", "1", "--mlflow", ok=False).output
     assert out.strip().splitlines()[-1] == "Error: --mlflow: mlflow is not installed: pip install 'harness[mlflow]'"
     assert not (run_dir / "trials").exists() and not RunPaths(run_dir).mlruns.exists()
+
+
+def test_a_pruned_trial_is_logged_with_its_folds_and_curve_a_failed_one_is_not(class_folder_competition, tmp_path):
+    run = open_run(class_folder_competition(), run_dir=str(tmp_path / "run"))
+    make_store(run)
+    lines = []
+    study = optuna.create_study(study_name=run.study_name, direction="maximize")
+    for state in (TrialState.PRUNED, TrialState.FAIL):
+        study.add_trial(create_trial(state=state, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1)},
+                                     intermediate_values={0: 0.4} if state == TrialState.PRUNED else None,
+                                     user_attrs={"fold_scores": [0.4]}))
+    log = TrialLog(run, lines.append)
+    for trial in study.trials:
+        log(study, trial)
+    client, runs = logged_runs(tmp_path / "run")
+    assert sorted(runs) == ["0"] and not lines
+    assert runs["0"].data.tags["state"] == "PRUNED" and runs["0"].data.params == {"lr": "0.01"}
+    assert runs["0"].data.metrics == {"fold1": 0.4, CURVE: 0.4}  # no CV: a pruned trial has no value

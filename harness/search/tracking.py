@@ -60,13 +60,12 @@ def make_store(run: Run) -> str:
     """The store and the study's experiment, made once, by the first worker (under its creation
     lock: MLflow's first connection creates the tables); returns the experiment's id."""
     run.paths.mlruns.mkdir(parents=True, exist_ok=True)
-    return experiment_id(run)
+    return experiment_id(run, _client(run))
 
 
-def experiment_id(run: Run) -> str:
+def experiment_id(run: Run, client) -> str:
     """The experiment named after the study; its artifacts in the store's folder, not MLflow's
     default `./mlruns` of the working directory."""
-    client = _client(run)
     found = client.get_experiment_by_name(run.study_name)
     if found is not None:
         return found.experiment_id
@@ -94,7 +93,7 @@ class TrialLog:
         from optuna_integration import MLflowCallback
 
         self.client, self.echo = _client(run), echo
-        kwargs = {"experiment_id": experiment_id(run), "tags": {"metric": run.spec.metric}}
+        kwargs = {"experiment_id": experiment_id(run, self.client), "tags": {"metric": run.spec.metric}}
         with warnings.catch_warnings():  # deprecated in Optuna 4.9, kept until 6.0: the integration there is
             warnings.simplefilter("ignore", FutureWarning)
             self.callback = MLflowCallback(tracking_uri=store_uri(run), metric_name=CV, create_experiment=False,
@@ -133,7 +132,7 @@ def log_report(run: Run, echo: Callable[[str], None] = print) -> None:
     try:
         check_installed(run, False)
         client = _client(run)
-        exp = experiment_id(run)
+        exp = experiment_id(run, client)
         found = client.search_runs([exp], filter_string=f"attributes.run_name = '{REPORT_RUN}'", max_results=1)
         run_id = found[0].info.run_id if found else client.create_run(exp, run_name=REPORT_RUN).info.run_id
         client.log_artifact(run_id, str(page))
