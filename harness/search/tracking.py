@@ -94,10 +94,13 @@ class TrialLog:
 
         self.client, self.echo = _client(run), echo
         kwargs = {"experiment_id": experiment_id(run, self.client), "tags": {"metric": run.spec.metric}}
-        with warnings.catch_warnings():  # deprecated in Optuna 4.9, kept until 6.0: the integration there is
+        # Optuna marks it deprecated since 4.9 (removal planned for 6.0), yet it is still the integration's
+        # MLflow callback: a warning at every search would not be the user's to act on
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self.callback = MLflowCallback(tracking_uri=store_uri(run), metric_name=CV, create_experiment=False,
                                            mlflow_kwargs=kwargs)
+        echo(f"each finished trial is logged to MLflow in {store_uri(run)}")  # also when only remembered
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state not in FINISHED:
