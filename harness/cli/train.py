@@ -15,6 +15,7 @@ from ..search import budget
 from ..search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
 from ..search.loop import run_search
 from ..search.storage import count_finished, read_study
+from ..search.tracking import log_report
 from ..submit import make_report, make_submission
 from ..submit.predict import predict_images
 from ..submit.report import data_summary
@@ -47,16 +48,20 @@ def validate(run: Run) -> None:
               help="Trials run at once, each in its own process on this study [default: 1 on a CPU; on "
                    "GPUs one per 16 GiB of each GPU's free memory, at most 4 a GPU and half the CPU cores].")
 @click.option("--quiet", is_flag=True, help="A line per trial; no progress or fold lines.")
-def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool) -> None:
+@click.option("--mlflow", is_flag=True,
+              help="Log every finished trial (and later the report) to MLflow in <run-dir>/mlruns; remembered "
+                   "for the run dir. Needs pip install 'harness[mlflow]'.")
+def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool, mlflow: bool) -> None:
     """Search until the study holds --trials finished trials."""
     try:
         follow_launcher()  # a worker of `--workers N` stops with its launcher
         workers = workers or default_worker_count()
         if workers > 1:
-            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet)
+            run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet,
+                        mlflow=mlflow)
             study = read_study(run)
         else:
-            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet)
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
@@ -72,6 +77,7 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None, qu
 def submit(run: Run) -> None:
     """Ensemble the finished trials and write the submission."""
     make_submission(run, echo=click.echo)
+    log_report(run, echo=click.echo)  # when the run dir logs to MLflow (`search --mlflow`)
 
 
 @click.command()
@@ -79,6 +85,7 @@ def submit(run: Run) -> None:
 def report(run: Run) -> None:
     """Write report.html: search, learning curves, confusion, ROC/PR, worst OOF predictions, trials."""
     make_report(run, echo=click.echo)
+    log_report(run, echo=click.echo)
 
 
 @click.command()

@@ -2,13 +2,11 @@
 
 runs/<name>/
     study.db                      Optuna storage (default; --storage picks another, remembered in study.url, 0600)
-    study.db.backup               its copy after the last finished trial (named by errors.backup_of: the
-                                  database may live elsewhere, and its copy lives beside it)
+    study.db.backup               its copy after the last finished trial, beside the database (errors.backup_of)
     study.db.lock                 the SQLite study's slot lock, beside the database wherever it is (`sqlite_lock`)
     study.url                     the --storage `search` connected to (0600: it may hold a password)
     .create.lock                  held while a worker makes what the study needs before its first trial
-    .slots.lock                   held while a worker claims a trial slot (a storage that is not SQLite
-                                  nor PostgreSQL)
+    .slots.lock                   held while a worker claims a trial slot (storages other than SQLite, PostgreSQL)
     .write-probe.<host>-<pid>.<hex>.tmp  made and removed at once: the run dir can be written
     data/                         the prepared data of a spec with `prepare` and no data_root
     options.json                  the --set overrides of `search`, applied again by every later command
@@ -23,6 +21,7 @@ runs/<name>/
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
+    mlruns/                       search --mlflow: the MLflow store, mlflow.db and artifacts/ (search/tracking.py)
     <submission file>             e.g. submission.csv
 """
 from __future__ import annotations
@@ -79,7 +78,8 @@ class FoldPaths:
 
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
 OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
-                       "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock"})
+                       "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock",
+                       "mlruns"})
 
 
 def sqlite_lock(db_file: Path) -> Path:
@@ -159,6 +159,11 @@ class RunPaths:
     @property
     def report_html(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def mlruns(self) -> Path:
+        """The MLflow store of `search --mlflow`; once made, later searches and reports log to it."""
+        return self.root / "mlruns"
 
     def trial_dir(self, number: int) -> Path:
         return self.root / "trials" / f"t{number:04d}"

@@ -37,7 +37,7 @@ from .progress import SearchClock
 from .space import enqueue_recipes
 from .storage import FINISHED, backup_sqlite, connect, count_finished
 from .study import check_fingerprint, open_study, retry_damaged, retry_interrupted
-from . import record
+from . import record, tracking
 from .workers import NoSlot, TrialSlots, creation_lock, slot_lock
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -45,20 +45,22 @@ Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
-               echo: Callable[[str], None] = print, quiet: bool = False) -> optuna.Study:
+               echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False) -> optuna.Study:
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass); `quiet`:
-    a line per trial, none per fold."""
+    a line per trial, none per fold; `mlflow`: log each finished trial to <run-dir>/mlruns
+    (`tracking.py`; remembered for the run dir)."""
     use_cpu_share()
     with _interrupts_between_storage_calls():
-        return _search(run, trials, timeout, echo, quiet)
+        return _search(run, trials, timeout, echo, quiet, mlflow)
 
 
 def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str], None],
-            quiet: bool) -> optuna.Study:
+            quiet: bool, mlflow: bool) -> optuna.Study:
     """`run_search`'s loop: a trial at a time while a slot of the `trials` is free, and, with a
     deadline, while the next one fits in the time left (promotions first: `budget.promote`)."""
     deadline = time.time() + timeout if timeout else None
-    data, study, storage, plan = prepare_search(run, echo, deadline, timeout)
+    mlflow = tracking.check_installed(run, mlflow)  # a missing package is said before any training
+    data, study, storage, plan = prepare_search(run, echo, deadline, timeout, mlflow)
     if deadline is not None:
         record.set_deadline(study, deadline)
     slots = TrialSlots(study, storage, trials, slot_lock(storage, run))
@@ -66,6 +68,8 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
     objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline, search_clock=search_clock)
     streak = _FailureStreak(echo)
     callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo), search_clock]
+    if mlflow:
+        callbacks.append(tracking.TrialLog(run, echo))
     waiting = False
     while count_finished(study) < trials and not streak.tripped:
         if deadline is not None and out_of_time(study, plan, deadline, echo):
@@ -137,19 +141,21 @@ def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
 
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print, deadline: Optional[float] = None,
-                   timeout: Optional[float] = None) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
+                   timeout: Optional[float] = None, mlflow: bool = False
+                   ) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
     """The prepared data, the study, its storage and its plan (for a `deadline`, a time.time(): the
     seconds left once the data is ready, `budget.plan_search`): made by the first worker, found by
-    the others (`timeout`: the deadline's whole seconds, as the user gave them)."""
+    the others (`timeout`: the deadline's whole seconds, as the user gave them; `mlflow`: the MLflow
+    store too)."""
     run.paths.check_ours()
     ensure_writable(run.paths.root, run.paths.write_probe())
     with creation_lock(run):
         remove_leftovers(run.paths.root, legacy=True)  # what a killed run left half-written (none of a live one's)
-        return _create(run, echo, deadline, timeout)
+        return _create(run, echo, deadline, timeout, mlflow)
 
 
-def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], timeout: Optional[float]
-            ) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
+def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], timeout: Optional[float],
+            mlflow: bool) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
@@ -162,6 +168,8 @@ def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], ti
     check_fingerprint(study, run, data)
     save_folds(run.paths.folds_csv, data.samples, data.fold)
     run.remember_overrides()
+    if mlflow:
+        tracking.make_store(run)
     plan = plan_search(run, data, study, deadline, echo, timeout)  # a deadline too short is said here, before training
     if plan is not None:
         echo(plan.line)

@@ -114,6 +114,10 @@ def busy(trial: FrozenTrial) -> Optional[float]:
     return trial.user_attrs.get(BUSY)
 
 
+def seconds(trial: FrozenTrial) -> Optional[float]:
+    return trial.user_attrs.get(SECONDS)
+
+
 def budget(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[int]:
     """The trial's optimizer steps a fold: its rung's in a planned search, else the drawn `steps`."""
     steps = trial.user_attrs.get(BUDGET, trial.params.get("steps"))

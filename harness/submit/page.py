@@ -49,7 +49,7 @@ def write_report(run: "Run", data: "SearchData", study: optuna.Study, ens: "Ense
              _list(data_summary(data).splitlines()), "</details>"]
     parts += search_section(run, study)
     parts += _heads_section(run, data, ens, head_figures)
-    parts.append("<h2>Trials</h2>" + leaderboard(study, run.paths).to_html(index=False, na_rep=""))
+    parts.append("<h2>Trials</h2>" + leaderboard(study).to_html(index=False, na_rep=""))
     page = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style><body>{''.join(parts)}</body></html>")
     stage.write(run.paths.report_html, page)
