@@ -18,8 +18,8 @@ from .lazy import lazy_exports
 __version__ = "0.2.0"
 __all__ = ["Competition", "Run", "SpecError", "load_competition", "make_submission", "open_run", "run_search"]
 __getattr__ = lazy_exports(__name__, {"Competition": ".config", "Run": ".config", "SpecError": ".errors",
-                                      "open_run": ".preflight",
-                                      "load_competition": ".preflight:load_spec", "run_search": ".search", "make_submission": ".submit"})
+                                      "open_run": ".preflight", "load_competition": ".preflight:load_spec",
+                                      "run_search": ".search", "make_submission": ".submit"})
 
 if TYPE_CHECKING:
     from .config import Competition, Run

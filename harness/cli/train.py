@@ -94,7 +94,7 @@ def report(run: Run) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
               help="The csv to write: image, the target column(s), each class's probability.")
 def predict(run: Run, images: tuple, out: str) -> None:
-    """Predict IMAGES (files, or folders searched recursively) with the run's ensemble (after submit)."""
+    """Predict IMAGES (files, or folders searched recursively) with the ensemble submit chose (or would choose)."""
     predict_images(run, images, Path(out), echo=click.echo)
 
 

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 WORST = 12  # worst OOF predictions shown per head
 STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}"
-         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}"
+         "td:last-child{white-space:normal}"
          ".per-class td,.counts td,.row-normalised td{text-align:right}img{max-width:100%;display:block;margin:.5em 0}h2{border-bottom:1px solid #ccc}"
          ".side{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start;margin-top:1em}.side h4{margin:.3em 0}"
          ".warning{background:#fff3cd;border-left:4px solid #e0a800;padding:.4em .8em}"
