@@ -25,3 +25,11 @@ def test_search_quality_benchmark_smoke(class_folder_competition, benchmark):
     assert row["recipe"] == "scratch_small" and row["trials"] == 2
     assert row["best_cv"] is not None and row["recipe_cv"] is not None
     assert row["best_cv"] >= row["recipe_cv"]  # accuracy: the best of the search includes the recipe
+
+
+def test_label_shift_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("label_shift.py", "--competition", class_folder_competition(), "--trials", "1")
+    (row,) = result["results"]
+    (head,) = row["heads"]
+    assert head["train"] == [0.5, 0.5] and len(head["simulation"]) == 3
+    assert {"mix", "prior_error", "off", "on"} == set(head["simulation"][0])

@@ -66,6 +66,9 @@ class Submission:
     format: str = field(default="csv", metadata=_registry("formats"))
     columns: List[str] = field(default_factory=list)  # multihead: a column per head, in head order
     combined_column: Optional[str] = None  # multihead: also write the combined class index
+    # re-weight the test posteriors by the test set's estimated class priors (submit/shift.py): auto
+    # where a simulation on OOF says it helps and the priors moved, on, off (YAML reads those as booleans)
+    label_shift: Union[bool, str] = "auto"
 
 
 @dataclass

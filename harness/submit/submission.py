@@ -24,6 +24,7 @@ from .ensemble import Ensemble, TrialPredictions, build_ensemble
 from .formats import FORMATS
 from .page import write_report
 from .report import oof_lines, oof_report
+from .shift import correct_label_shift, shift_lines
 
 
 def run_ensemble(run: Run, echo: Callable[[str], None] = print
@@ -49,14 +50,17 @@ def make_submission(run: Run, echo: Callable[[str], None] = print) -> Path:
     full disk half-way leaves the previous ones as they were); returns the submission's path."""
     data, study, preds, ens = run_ensemble(run, echo)
     preds, ens, test = member_tests(run, data, preds, ens, echo)
+    test, shifts = correct_label_shift(data.task, run.spec.submission.label_shift, data.y, ens.oof, test,
+                                       ens.thresholds)
     out = run.paths.submission(run.spec.submission.file)
     with Staged(into=run.paths.root) as stage:  # what a killed submit left half-written is removed first
         written = FORMATS.get(run.spec.submission.format)(run.spec, out, data, test, ens.thresholds, stage)
         figures = oof_report(run.paths, data, ens, stage)
         record = {**ensemble_record(ens, run), "heads": {h: {k: v for k, v in f.items() if k != "confusion_matrix"}
-                                                          for h, f in figures.items()}}
+                                                          for h, f in figures.items()},
+                  "label_shift": [shift.to_dict() for shift in shifts]}
         stage.write(run.paths.ensemble_json, json.dumps(record, indent=1))
-        summary = _summary(run, data, preds, ens)
+        summary = _summary(run, data, preds, ens) + shift_lines(shifts)  # in the report's head too
         write_report(run, data, study, ens, summary, figures, stage)
     for line in summary + oof_lines(figures):
         echo(line)
