@@ -18,7 +18,7 @@ from harness.submit.ensemble import Ensemble
 from harness.training.config import trial_config
 from harness.training.distill import SoftCrossEntropy, distill_model, soft_targets
 from harness.training.predict import predict_proba
-from harness.training.models import create_model, normalisation
+from harness.training.models import classifier_config, create_model, normalisation
 from harness.tasks.base import Head
 
 SEARCH = {"lr": [3e-3], "augment": ["none"], "steps": [4]}  # one trial, one learning rate, a few steps
@@ -52,8 +52,11 @@ def distilled(tmp_path_factory):
     early = cli("distill", comp, "--run-dir", run_dir, ok=False)
     early.wrote = RunPaths(run_dir).distilled.exists()
     cli("submit", comp, "--run-dir", run_dir)
+    no_student = cli("predict", comp, "--run-dir", run_dir, tmp / "data" / "test", "--distilled", "--out",
+                     tmp / "early.csv", ok=False)
     out = cli("distill", comp, "--run-dir", run_dir).output
-    return {"comp": comp, "run_dir": run_dir, "tmp": tmp, "cli": cli, "early": early, "out": out}
+    return {"comp": comp, "run_dir": run_dir, "tmp": tmp, "cli": cli, "early": early, "out": out,
+            "no_student": no_student}
 
 
 def test_distill_before_submit_is_one_line(distilled):
@@ -61,6 +64,9 @@ def test_distill_before_submit_is_one_line(distilled):
     assert early.exit_code != 0
     assert early.output.strip().count("\n") == 0 and "run `harness submit` first" in early.output
     assert not early.wrote
+    no_student = distilled["no_student"]  # predict --distilled before distill
+    assert no_student.exit_code != 0 and "run `harness distill` first" in no_student.output
+    assert not (distilled["tmp"] / "early.csv").exists()
 
 
 def test_distill_writes_the_student_and_its_scores(distilled):
@@ -149,3 +155,10 @@ def test_segmentation_is_refused(cli, tmp_path):
     result = cli("distill", comp, "--run-dir", tmp_path / "run", ok=False)
     assert result.exit_code != 0 and result.output.strip().count("\n") == 0
     assert "not supported yet" in result.output
+
+
+def test_the_student_is_a_plain_classifier():
+    """An auxiliary mask head is dropped (the student matches class probabilities); smp models have no student yet."""
+    aux = classifier_config(trial_config(model_family="timm_aux_mask", aux_weight=0.5))
+    assert aux.model_family == "timm_classifier" and aux.aux_weight == 0.0
+    assert classifier_config(trial_config(model_family="smp_mask_score", backbone="unet/resnet18")) is None

@@ -20,7 +20,9 @@ from ..data.prepare import SearchData
 from ..errors import SpecError
 from ..files import write_file
 from ..tasks.base import task_type
+from ..training.config import TrialConfig
 from ..training.distill import distill_model, save_student
+from ..training.models import classifier_config
 from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config
 from .ensemble import Ensemble, TrialPredictions
@@ -39,9 +41,7 @@ def make_distilled(run: Run, steps: Optional[int] = None, echo: Callable[[str], 
     data, _, preds, ens = run_ensemble(run, echo)
     preds, ens, test = member_tests(run, data, preds, ens, echo)
     _check_submitted(run, ens)
-    owner = next(p.owner for p in preds if p.number == ens.best_single)
-    cfg = _config(run, owner)
-    cfg = replace(cfg, steps=steps or cfg.steps)
+    cfg = _student_config(run, next(p.owner for p in preds if p.number == ens.best_single), steps)
     train_images, test_images = data.images(cfg.image_size, cache=run.paths.cache_dir)
     model = distill_model(cfg, data.task, np.concatenate([train_images, test_images]),
                           np.concatenate([ens.oof, test]))
@@ -100,11 +100,22 @@ def _check_submitted(run: Run, ens: Ensemble) -> None:
                         "left out): run `harness submit` again first")
 
 
-def _config(run: Run, owner: int):
+def _trial_config(run: Run, owner: int) -> TrialConfig:
     try:
         return load_trial_config(run.paths, owner)
     except DamagedFold as err:
         raise SpecError(f"{err.line(run.paths.root)}: run `harness submit` again") from None
+
+
+def _student_config(run: Run, owner: int, steps: Optional[int]) -> TrialConfig:
+    """The best single trial's configuration as a plain timm classifier (`steps` optimizer steps if given):
+    the student matches class probabilities, so an auxiliary mask head would have nothing to learn."""
+    trial = _trial_config(run, owner)
+    cfg = classifier_config(trial)
+    if cfg is None:
+        raise SpecError(f"distill: the best single trial is a {trial.model_family} model; a student of that "
+                        "family is not supported yet (timm classifiers only)")
+    return replace(cfg, steps=steps or cfg.steps)
 
 
 def _ensemble_seconds(run: Run, data: SearchData, preds: List[TrialPredictions], ens: Ensemble) -> float:
@@ -114,7 +125,7 @@ def _ensemble_seconds(run: Run, data: SearchData, preds: List[TrialPredictions],
     for p in preds:
         if p.number not in ens.weights:
             continue
-        cfg = _config(run, p.owner)
+        cfg = _trial_config(run, p.owner)
         images = data.test_images(cfg.image_size, cache=run.paths.cache_dir)
         clock = time.perf_counter()
         for f in p.folds:
