@@ -1,4 +1,4 @@
-"""`harness` on the command line: validate, search, status, submit, report, predict, list.
+"""`harness` on the command line: validate, search, status, submit, report, predict, distill, list.
 
 Each command lives in the module that needs it and is imported when it runs (click's lazy group):
 `harness --version`, `list` and `status` answer without loading torch, timm or scikit-learn.
@@ -14,7 +14,8 @@ import click
 # command → "module:function", relative to this package
 COMMANDS: Dict[str, str] = {
     "validate": ".train:validate", "search": ".train:search", "submit": ".train:submit",
-    "report": ".train:report", "predict": ".train:predict", "status": ".status:status", "list": ".listing:list_choices",
+    "report": ".train:report", "predict": ".train:predict", "distill": ".train:distill", "status": ".status:status",
+    "list": ".listing:list_choices",
 }
 
 

@@ -1,4 +1,4 @@
-"""The commands that prepare the data or train: validate, search, submit, report, predict."""
+"""The commands that prepare the data or train: validate, search, submit, report, predict, distill."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +17,7 @@ from ..search.loop import run_search
 from ..search.storage import count_finished, read_study
 from ..search.tracking import log_report
 from ..submit import make_report, make_submission
+from ..submit.distill import make_distilled
 from ..submit.predict import predict_images
 from ..submit.report import data_summary
 from .options import run_options
@@ -93,9 +94,20 @@ def report(run: Run) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
               help="The csv to write: image, the target column(s), each class's probability.")
-def predict(run: Run, images: tuple, out: str) -> None:
+@click.option("--distilled", is_flag=True,
+              help="Predict with the student `harness distill` trained (one model, at the ensemble's cut-offs).")
+def predict(run: Run, images: tuple, out: str, distilled: bool) -> None:
     """Predict IMAGES (files, or folders searched recursively) with the ensemble submit chose (or would choose)."""
-    predict_images(run, images, Path(out), echo=click.echo)
+    predict_images(run, images, Path(out), echo=click.echo, distilled=distilled)
+
+
+@click.command()
+@run_options(open_run)
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Optimizer steps of the student [default: those of the best single trial].")
+def distill(run: Run, steps: int | None) -> None:
+    """Train one model on the training and test images to match the submitted ensemble, for fast `predict`."""
+    make_distilled(run, steps, echo=click.echo)
 
 
 def _has_complete(study) -> bool:

@@ -18,6 +18,7 @@ runs/<name>/
     trials/t0007/fold2/           done.json (written last), oof.npy, val_index.npy, model.pt, history.csv;
                                   test.npy and test.json (written after it) once the trial joins an ensemble
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
+    distilled/                    `distill`: the student's model.pt, config.json and distill.json (submit/distill.py)
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
@@ -79,7 +80,7 @@ class FoldPaths:
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
 OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
                        "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock",
-                       "mlruns"})
+                       "mlruns", "distilled"})
 
 
 def sqlite_lock(db_file: Path) -> Path:
@@ -109,13 +110,8 @@ class RunPaths:
     def study_url_file(self) -> Path:
         return self.root / "study.url"
 
-    @property
-    def create_lock(self) -> Path:
-        return self.root / ".create.lock"
-
-    @property
-    def slots_lock(self) -> Path:
-        return self.root / ".slots.lock"
+    create_lock = property(lambda self: self.root / ".create.lock")
+    slots_lock = property(lambda self: self.root / ".slots.lock")
 
     def write_probe(self) -> Path:
         """A name of this process's own to show the run dir can be written (a leftover one is removed
@@ -152,6 +148,10 @@ class RunPaths:
     @property
     def ensemble_json(self) -> Path:
         return self.root / "ensemble.json"
+
+    @property
+    def distilled(self) -> Path:
+        return self.root / "distilled"
 
     def confusion_csv(self, head: Optional[str] = None) -> Path:
         return self.root / (f"confusion_matrix_{head}.csv" if head else "confusion_matrix.csv")

@@ -12,33 +12,38 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config.paths import Run
+from ..config.paths import FoldPaths, Run
 from ..data.prepare import SearchData, model_images, prepare_data
 from ..errors import SpecError
 from ..files import write_file
 from ..search.record import artifact_owner
 from ..search.storage import read_study
+from ..training.distill import load_student
 from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config, load_trial_folds, pool_folds
 from .formats import submission_frame
 from .submission import choose_ensemble, ensemble_record
 
 
-def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[str], None] = print) -> Path:
+def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[str], None] = print,
+                   distilled: bool = False) -> Path:
     """Predict the images (files, or folders searched recursively) with the run's ensemble (the one
-    `submit` chose, else the one it would choose); write `out`:
+    `submit` chose, else the one it would choose), or with its `distilled` student (`harness distill`,
+    at the ensemble's cut-offs); write `out`:
     the image path as given, the competition's target column(s), and each class's probability."""
     data = prepare_data(run)
     if data.task.mask_submission:
         raise SpecError(f"predict writes a label per image; task {run.spec.task} predicts masks: use "
                         "`harness submit --set test.images=FOLDER --run-dir …` on a copy of the run")
+    student = load_student(run.paths.distilled) if distilled else None  # refused before any image is read
     record = _ensemble_record(run, data, echo)
     paths = list_inputs(inputs, run.spec.test.extensions)
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
-    owners = _artifact_owners(run, [int(n) for n in record["weights"]])
-    proba = 0.0
-    for number, weight in record["weights"].items():
-        proba = proba + weight * _trial_proba(run, data, owners[int(number)], frame)
+    if student is not None:
+        images = model_images(data.task, frame, student.image_size, data.channels, None)
+        proba = predict_from_checkpoint(student, data.task, FoldPaths(run.paths.distilled), images)
+    else:
+        proba = _ensemble_proba(run, data, record, frame)
     table = submission_frame(run.spec, data.task, frame["path"], proba, record.get("thresholds", {}))
     table = table.rename(columns={run.spec.submission.id_column: "image"})
     for head in data.task.heads:
@@ -47,9 +52,19 @@ def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[s
             table[f"{tag}p.{c}"] = proba[:, head.offset + j].round(6)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_file(out, table.to_csv(index=False))
-    echo(f"wrote {out} ({len(table)} images, ensemble of trial(s) "
-         f"{', '.join('#' + n for n in record['weights'])})")
+    by = "the distilled student" if student is not None else "ensemble of trial(s) " + ", ".join(
+        "#" + n for n in record["weights"])
+    echo(f"wrote {out} ({len(table)} images, {by})")
     return out
+
+
+def _ensemble_proba(run: Run, data: SearchData, record: dict, frame: pd.DataFrame) -> np.ndarray:
+    """The ensemble's blended probabilities for the images `frame` lists."""
+    owners = _artifact_owners(run, [int(n) for n in record["weights"]])
+    proba = 0.0
+    for number, weight in record["weights"].items():
+        proba = proba + weight * _trial_proba(run, data, owners[int(number)], frame)
+    return proba
 
 
 def list_inputs(inputs: Sequence[str], extensions: Sequence[str]) -> List[Path]:

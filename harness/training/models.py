@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 from functools import lru_cache
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import timm
@@ -189,6 +189,14 @@ def create_model(cfg: TrialConfig, pretrained: Optional[Union[bool, str]] = None
     configuration names (`pretrained` replaces its weights: a checkpoint about to be loaded needs none)."""
     weights = cfg.pretrained if pretrained is None else pretrained
     return MODEL_FAMILIES.get(cfg.model_family)(cfg.backbone, cfg.num_classes, cfg.channels, weights)
+
+
+def classifier_config(cfg: TrialConfig) -> Optional[TrialConfig]:
+    """`cfg` as a plain timm classifier (an auxiliary mask head dropped: class probabilities are all
+    a distilled student matches), or None when its family has no such form (smp models)."""
+    if cfg.model_family == "timm_aux_mask":
+        return replace(cfg, model_family="timm_classifier", aux_weight=0.0)
+    return cfg if cfg.model_family == "timm_classifier" else None
 
 
 def architectures() -> List[str]:
