@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from harness.config.paths import RunPaths
-from harness.submit.shift import bbse_priors, em_priors, reweighted, simulated_shifts, temperature, tempered
+from harness.submit.shift import (bbse_priors, em_priors, head_shift, reweighted, shift_lines, simulated_shifts,
+                                  temperature, tempered)
+from harness.tasks.base import Head
 
 TRAIN_PRIOR = 0.2  # the positive class's share in training
 
@@ -55,6 +57,20 @@ def test_the_simulation_says_the_correction_helps_accuracy_on_shifted_mixes():
     assert [r["mix"][1] for r in rows] == pytest.approx([train[1] / 2, train[1] * 2, 0.95], abs=0.001)
     assert all(r["prior_error"] < 0.05 for r in rows)
     assert np.mean([r["on"] for r in rows]) > np.mean([r["off"] for r in rows])
+
+
+def test_auto_corrects_a_real_shift_and_claims_none_from_an_ensemble_that_cannot_tell(monkeypatch):
+    head = Head(name="label", classes=["neg", "pos"], metric="accuracy", offset=0)
+    y_train, p_train = scored(3000, TRAIN_PRIOR, 0)
+    y_test, p_test = scored(2000, 0.6, 1)
+    found = head_shift(head, "auto", y_train, p_train, p_test, None)
+    assert found.shifted and found.applied and abs(found.test[1] - 0.6) < 0.04
+    lines = shift_lines([found])
+    assert lines[1].startswith("warning: the test set's class priors differ") and lines[2].startswith(
+        "label-shift correction: on (auto: on OOF resampled")
+    coin = np.random.default_rng(3).uniform(0.45, 0.55, (3000, 1))  # an ensemble that learnt nothing
+    blind = head_shift(head, "auto", y_train, np.hstack([1 - coin, coin]), np.hstack([1 - coin, coin])[:500], None)
+    assert not blind.applied and not blind.shifted
 
 
 def test_submit_reports_the_priors_and_corrects_only_when_asked_or_helpful(class_folder_competition, cli, tmp_path):

@@ -26,6 +26,7 @@ from ..training.models import classifier_config
 from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config
 from .ensemble import Ensemble, TrialPredictions
+from .shift import correct_label_shift
 from .submission import member_tests, run_ensemble
 
 
@@ -41,6 +42,8 @@ def make_distilled(run: Run, steps: Optional[int] = None, echo: Callable[[str], 
     data, _, preds, ens = run_ensemble(run, echo)
     preds, ens, test = member_tests(run, data, preds, ens, echo)
     _check_submitted(run, ens)
+    # what was submitted: the test probabilities re-weighted by the test priors where submit did so
+    test, _ = correct_label_shift(data.task, run.spec.submission.label_shift, data.y, ens.oof, test, ens.thresholds)
     cfg = _student_config(run, next(p.owner for p in preds if p.number == ens.best_single), steps)
     train_images, test_images = data.images(cfg.image_size, cache=run.paths.cache_dir)
     model = distill_model(cfg, data.task, np.concatenate([train_images, test_images]),

@@ -11,7 +11,8 @@ probabilities, and the posteriors re-weighted by them where that helps.
 - Whether to correct (`submission.label_shift: auto`): the OOF predictions are resampled to other
   class mixes (the rarest class ×0.5, ×2, ×5) and the correction is made only where, on those, it
   raises the metric on average, and the test priors differ from the training ones by more than
-  twice their uncertainty. A rank metric (ROC-AUC) is unchanged by construction.
+  twice their bootstrap deviation and more than the estimate's error on those mixes, and BBSE moves
+  them the same way. A rank metric (ROC-AUC) is unchanged by construction.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class HeadShift:
     sd: List[float]  # bootstrap standard deviation of `test`
     bbse: List[float]
     temperature: float
-    shifted: bool  # some class beyond SIGNIFICANT standard deviations
+    shifted: bool  # some class beyond SIGNIFICANT deviations and beyond the simulated error
+    simulation_error: float  # the estimate's mean absolute error on the simulated shifts
     applied: bool
     why: str  # why the correction is on or off
     simulation: List[dict] = field(default_factory=list)  # mix, estimate's error, metric off / on
@@ -147,34 +149,40 @@ def simulated_shifts(y: np.ndarray, raw: np.ndarray, t: float, train: np.ndarray
 
 def head_shift(head: Head, mode: str, y: np.ndarray, oof: np.ndarray, test: np.ndarray,
                cutoff: Optional[float]) -> HeadShift:
-    """One head's estimate, its cross-check, its uncertainty and the decision."""
+    """One head's estimate, its cross-check, its uncertainty and the decision. The priors moved when
+    they differ from the training ones by more than twice their bootstrap deviation and by more than
+    the estimator's own error on the simulated shifts (a weak ensemble's EM wanders), and BBSE moves
+    them the same way."""
     k = len(head.classes)
     train = np.bincount(y, minlength=k) / len(y)
     t = temperature(oof, y)
     posteriors = tempered(test, t)
     est, sd = em_priors(posteriors, train), bootstrap_sd(posteriors, train)
     bbse = bbse_priors(oof.argmax(axis=1), y, test.argmax(axis=1), k)
-    shifted = bool((np.abs(est - train) > SIGNIFICANT * np.maximum(sd, EPS)).any())
+    rows = simulated_shifts(y, oof, t, train, head.metric, cutoff)
+    error = float(np.mean([r["prior_error"] for r in rows]))
+    moved = np.abs(est - train) > np.maximum(SIGNIFICANT * sd, error)
+    agreed = np.sign(est - train) == np.sign(bbse - train)  # the cross-check moves the same way
+    shifted = bool((moved & agreed).any())
+    disputed = bool((moved & ~agreed).any())
     metric = METRICS.get(head.metric)
-    rows: List[dict] = []
+    off, on = np.mean([r["off"] for r in rows]), np.mean([r["on"] for r in rows])
+    said = f"on OOF resampled to other class mixes, {head.metric} {off:.4f} → {on:.4f} corrected"
     if getattr(metric, "ranks", False):
         applied, why = False, f"{head.metric} judges only the order of the scores: unchanged by construction"
     elif mode == "off":
-        applied, why = False, "submission.label_shift is off"
+        applied, why = False, f"submission.label_shift is off; {said}"
+    elif mode == "on":
+        applied, why = True, f"submission.label_shift is on; {said}"
     else:
-        rows = simulated_shifts(y, oof, t, train, head.metric, cutoff)
-        off, on = np.mean([r["off"] for r in rows]), np.mean([r["on"] for r in rows])
         helps = bool(is_better(on, off, metric.direction))
-        said = f"on OOF resampled to other class mixes, {head.metric} {off:.4f} → {on:.4f} corrected"
-        if mode == "on":
-            applied, why = True, f"submission.label_shift is on ({said})"
-        else:
-            applied = bool(helps and shifted)
-            why = (f"auto: {said}" + ("" if helps else ": it does not help")
-                   + ("" if shifted else "; the test priors are within their uncertainty of the training ones"))
+        applied = helps and shifted
+        why = (f"auto: {said}" + ("" if helps else ": it does not help") + (
+            "" if shifted else "; EM and BBSE disagree on which way the priors moved" if disputed
+            else "; the test priors are within the estimate's uncertainty of the training ones"))
     return HeadShift(head=head.name, classes=list(head.classes), train=_r(train), test=_r(est), sd=_r(sd),
                      bbse=_r(bbse), temperature=round(t, 3), shifted=shifted, applied=applied, why=why,
-                     simulation=rows)
+                     simulation_error=round(error, 4), simulation=rows)
 
 
 def correct_label_shift(task: Task, mode: Union[bool, str], y: np.ndarray, oof: np.ndarray, test: np.ndarray,
@@ -201,10 +209,11 @@ def shift_lines(shifts: List[HeadShift]) -> List[str]:
         tag = "" if len(shifts) == 1 else f" ({s.head})"
         pairs = ", ".join(f"{c} {a:.3f} → {b:.3f} ± {d:.3f}" for c, a, b, d in zip(s.classes, s.train, s.test, s.sd))
         lines.append(f"class priors{tag}, training → test estimated: {pairs} (EM on probabilities calibrated at "
-                     f"T={s.temperature:.2f}; BBSE: {', '.join(f'{b:.3f}' for b in s.bbse)})")
+                     f"T={s.temperature:.2f}, off by {s.simulation_error:.3f} on simulated shifts; BBSE: "
+                     f"{', '.join(f'{b:.3f}' for b in s.bbse)})")
         if s.shifted:
             lines.append(f"warning{tag}: the test set's class priors differ from the training set's by more than "
-                         f"{SIGNIFICANT:g} standard deviations: a cut-off fitted on OOF assumes the training priors")
+                         "their uncertainty: a cut-off fitted on OOF assumes the training priors")
         lines.append(f"label-shift correction{tag}: {'on' if s.applied else 'off'} ({s.why})")
     return lines
 
