@@ -85,6 +85,17 @@ def test_the_best_third_of_a_rung_goes_up_ranked_against_its_own_rung_only():
     assert "trial 6 (CV 0.9000" in budget.promote(study, plan, seconds_left=1000)
 
 
+def test_a_trial_of_an_older_study_without_seconds_is_timed_by_the_plan():
+    study = optuna.create_study(direction="maximize")
+    plan = Plan(rungs=(20, 60), evals=(3, 6), seconds=(10.0, 30.0), image_sizes=(32,), line="")
+    for value, lr in ((0.5, 0.1), (0.7, 0.2), (0.6, 0.3)):
+        study.add_trial(create_trial(params={"lr": lr}, distributions={"lr": CategoricalDistribution([0.1, 0.2, 0.3])},
+                                     value=value, user_attrs={"budget": 20}))  # no `seconds`: not "takes 0 s"
+    assert budget.promote(study, plan, seconds_left=20) is None  # the plan's 30 s at 60 steps do not fit
+    assert "goes up to 60 steps" in budget.promote(study, plan, seconds_left=40)
+    assert budget.next_seconds(study, plan) == 30.0
+
+
 def test_pruning_compares_at_equal_budget_and_never_on_one_validation():
     pruner = EqualBudget(optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0), validations=True)
     study = optuna.create_study(direction="maximize", pruner=pruner)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import click
 import optuna
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import load_study
+from harness.cli import COMMANDS, SHORT_HELP, main
 from harness.cli.listing import WHERE, registry
 from harness.config.paths import RunPaths
 from harness.preflight import REGISTRIES
@@ -53,10 +55,17 @@ def crafted_study(run_dir, name="tiny-folders") -> optuna.Study:
 def test_version_list_and_status_do_not_load_the_training_stack(class_folder_competition, tmp_path):
     comp = class_folder_competition()
     crafted_study(tmp_path / "run")
-    assert loaded_after("--version") == []
+    assert loaded_after("--version") == [] and loaded_after("--help") == []
     assert loaded_after("list", "layouts") == []
     assert loaded_after("status", str(comp), "--run-dir", str(tmp_path / "run")) == []
     assert loaded_after("status", str(comp), "--run-dir", str(tmp_path / "run"), "--format", "json") == []
+
+
+def test_help_lists_each_command_by_its_own_first_line():
+    ctx = click.Context(main)
+    assert set(SHORT_HELP) == set(COMMANDS)
+    for name in COMMANDS:
+        assert SHORT_HELP[name] == main.get_command(ctx, name).help.strip().splitlines()[0], name
 
 
 def test_list_reads_the_same_registries_as_the_spec_check(cli):

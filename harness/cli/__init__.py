@@ -17,6 +17,20 @@ COMMANDS: Dict[str, str] = {
     "report": ".train:report", "predict": ".train:predict", "distill": ".train:distill", "status": ".status:status",
     "list": ".listing:list_choices",
 }
+# each command's first docstring line, for `harness --help` without importing the commands (a test
+# keeps them equal)
+SHORT_HELP: Dict[str, str] = {
+    "validate": "Check the spec and data; print the samples table summary.",
+    "search": "Search until the study holds --trials finished trials.",
+    "submit": "Ensemble the finished trials and write the submission.",
+    "report": "Write report.html: search, learning curves, confusion, ROC/PR, worst OOF predictions, trials.",
+    "predict": "Predict IMAGES (files, or folders searched recursively) with the ensemble submit chose (or would "
+               "choose).",
+    "distill": "Train one model on the training and test images to match the submitted ensemble, for fast "
+               "`predict`.",
+    "status": "Leaderboard: trial, state, CV, fold scores, params, steps, seconds, busy share, folder, note.",
+    "list": "List what a spec may name (tasks, layouts, metrics, losses, families, …) with a line on each;",
+}
 
 
 class LazyGroup(click.Group):
@@ -30,6 +44,13 @@ class LazyGroup(click.Group):
             return None
         module, _, attr = COMMANDS[name].partition(":")
         return getattr(importlib.import_module(module, __name__), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `--help` from `SHORT_HELP`: importing every command would load torch."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, click.utils.make_default_short_help(SHORT_HELP[name], limit))
+                                for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup)

@@ -97,7 +97,7 @@ def promote(study: optuna.Study, plan: Plan, seconds_left: Optional[float]) -> O
         ranked = sorted((t for t in complete if record.budget(t) == plan.rungs[rung]),
                         key=lambda t: -t.value if maximize else t.value)
         for t in ranked[:len(ranked) // ETA]:
-            fits = seconds_left is None or promoted_seconds(t, plan.rungs[rung + 1]) <= seconds_left
+            fits = seconds_left is None or promoted_seconds(t, plan, plan.rungs[rung + 1]) <= seconds_left
             if t.number not in promoted and fits:
                 study.enqueue_trial(t.params, user_attrs=record.promotion_attrs(t, plan.rungs[rung + 1]))
                 return (f"trial {t.number} (CV {t.value:.4f}, best {ranked.index(t) + 1} of {len(ranked)} at "
@@ -105,10 +105,14 @@ def promote(study: optuna.Study, plan: Plan, seconds_left: Optional[float]) -> O
     return None
 
 
-def promoted_seconds(trial: FrozenTrial, steps: int) -> float:
+def promoted_seconds(trial: FrozenTrial, plan: Plan, steps: int) -> float:
     """About how long `trial` takes again at `steps` a fold: its own seconds, scaled by the steps (its
-    model may be slower than the recipe's the plan timed; what does not scale makes this an upper bound)."""
-    return float(trial.user_attrs.get(record.SECONDS, 0.0)) * steps / max(1, record.budget(trial) or steps)
+    model may be slower than the recipe's the plan timed; what does not scale makes this an upper bound).
+    A trial that kept no seconds (a study of an older harness) is taken at the plan's figure for `steps`."""
+    seconds = trial.user_attrs.get(record.SECONDS)
+    if seconds is None:
+        return plan.seconds[max(plan.rung(steps), 0)]
+    return float(seconds) * steps / max(1, record.budget(trial) or steps)
 
 
 def next_seconds(study: optuna.Study, plan: Plan) -> float:
@@ -119,7 +123,7 @@ def next_seconds(study: optuna.Study, plan: Plan) -> float:
         return plan.seconds[0]
     steps, source = record.budget(waiting[0]), record.promoted_from(waiting[0])
     if source is not None and steps is not None:
-        return promoted_seconds(study.get_trials(deepcopy=False)[source], steps)
+        return promoted_seconds(study.get_trials(deepcopy=False)[source], plan, steps)
     return plan.seconds[max(plan.rung(steps), 0)] if steps is not None else plan.seconds[0]
 
 
