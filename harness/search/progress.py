@@ -13,7 +13,9 @@ import time
 from typing import Callable, List, Optional
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
+
+from .storage import FINISHED, count_finished
 
 QUARTER = 25  # percent between the plain lines of a fold
 REDRAW = 1.0  # seconds between two redraws of the live line
@@ -36,28 +38,31 @@ class SearchClock:
         self.study, self.trials, self.deadline, self.echo = study, trials, deadline, echo
         self.seconds: List[float] = []  # wall-clock of each trial this search finished
 
-    def finished(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-    def position(self) -> str:
-        return f"trial {min(self.finished() + 1, self.trials)} of {self.trials}"
-
-    def left(self, trial_left: float = 0.0, trial_total: Optional[float] = None) -> Optional[float]:
-        """Seconds the search has left, with the trial in flight's `trial_left` (`trial_total`: its
-        projected whole, used while no trial of this search has finished); None when nothing is known."""
+    def left(self, finished: int, trial_left: float = 0.0, trial_total: Optional[float] = None) -> Optional[float]:
+        """Seconds the search has left, `finished` trials in the study, with the trial in flight's
+        `trial_left` (`trial_total`: its projected whole, used while no trial of this search has
+        finished); None when nothing is known."""
         each = sum(self.seconds) / len(self.seconds) if self.seconds else trial_total
         if each is None:
             return None
-        queued = max(0, self.trials - self.finished() - 1)
-        left = trial_left + queued * each
+        left = trial_left + max(0, self.trials - finished - 1) * each
         return min(left, max(0.0, self.deadline - time.time())) if self.deadline else left
 
+    def in_flight(self, trial_left: float, trial_total: float) -> str:
+        """`trial k of N, search about … left`, for the trial in flight (one read of the storage)."""
+        finished = count_finished(self.study)
+        left = self.left(finished, trial_left, trial_total)
+        return (f"trial {min(finished + 1, self.trials)} of {self.trials}"
+                + (f", search about {duration(left)} left" if left is not None else ""))
+
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.duration is not None and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        if trial.state not in FINISHED:
+            return
+        if trial.duration is not None:
             self.seconds.append(trial.duration.total_seconds())
-        done = self.finished()
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and done < self.trials:
-            left = self.left(0.0)
+        done = count_finished(self.study)
+        if done < self.trials:
+            left = self.left(done)
             self.echo(f"search: {done} of {self.trials} trials finished"
                       + (f", about {duration(left)} left" if left is not None else ""))
 
@@ -120,8 +125,7 @@ class FoldProgress:
         line = (f"{self.prefix}: {100 * self.steps_done / self.steps:3.0f}% (step {self.steps_done} of {self.steps})"
                 f"{score}, {elapsed:.0f} s, about {duration(fold_left)} left in the fold")
         if self.search is not None:
-            left = self.search.left(trial_left, self.folds * fold_total)
-            line += f"; {self.search.position()}" + (f", search about {duration(left)} left" if left is not None else "")
+            line += "; " + self.search.in_flight(trial_left, self.folds * fold_total)
         return line
 
     def _draw(self, now: float) -> None:

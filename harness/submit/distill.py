@@ -27,7 +27,7 @@ from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config
 from .ensemble import Ensemble, TrialPredictions
 from .shift import correct_label_shift
-from .submission import member_tests, run_ensemble
+from .submission import member_tests, run_ensemble, submitted_record
 
 
 def make_distilled(run: Run, steps: Optional[int] = None, echo: Callable[[str], None] = print) -> dict:
@@ -93,11 +93,7 @@ def distill_lines(record: dict, model_file) -> List[str]:
 
 def _check_submitted(run: Run, ens: Ensemble) -> None:
     """The ensemble chosen now is the one `submit` wrote: distilling another would not be what was submitted."""
-    try:
-        weights = {int(k): float(v) for k, v in json.loads(run.paths.ensemble_json.read_bytes())["weights"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise SpecError(f"{run.paths.ensemble_json}: damaged, not the ensemble submit wrote: run `harness submit` "
-                        "again") from None
+    weights = {int(k): float(v) for k, v in submitted_record(run)["weights"].items()}
     if set(weights) != set(ens.weights) or not all(np.isclose(weights[n], ens.weights[n]) for n in weights):
         raise SpecError(f"the ensemble changed since {run.paths.ensemble_json} was written (trials finished or "
                         "left out): run `harness submit` again first")

@@ -5,7 +5,6 @@ Nothing of the run is changed: the submission, ensemble.json and the fold store 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -22,7 +21,7 @@ from ..training.distill import load_student
 from ..training.predict import predict_from_checkpoint
 from ..training.store import DamagedFold, load_trial_config, load_trial_folds, pool_folds
 from .formats import submission_frame
-from .submission import choose_ensemble, ensemble_record
+from .submission import choose_ensemble, ensemble_record, submitted_record
 
 
 def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[str], None] = print,
@@ -95,15 +94,7 @@ def _ensemble_record(run: Run, data: SearchData, echo: Callable[[str], None]) ->
         echo(f"no ensemble chosen by `harness submit` yet ({run.paths.ensemble_json}): predicting with the one it "
              f"would choose now, OOF {run.spec.metric} {ens.score:.4f}; nothing else is written")
         return ensemble_record(ens, run)
-    try:
-        record = json.loads(run.paths.ensemble_json.read_bytes())
-        whole = isinstance(record, dict) and isinstance(record.get("weights"), dict) and record["weights"]
-    except (OSError, ValueError):  # cut off, or not text
-        whole = False
-    if not whole:
-        raise SpecError(f"{run.paths.ensemble_json}: damaged, not the ensemble submit wrote: run `harness submit` "
-                        "again")
-    return record
+    return submitted_record(run)
 
 
 def _artifact_owners(run: Run, numbers: List[int]) -> Dict[int, int]:

@@ -158,6 +158,21 @@ def member_tests(run: Run, data: SearchData, preds: List[TrialPredictions], ens:
         ens = build_ensemble(preds, data.y, data.task)
 
 
+def submitted_record(run: Run) -> dict:
+    """ensemble.json as `submit` wrote it (its members' weights whole), else a one-line SpecError."""
+    try:
+        record = json.loads(run.paths.ensemble_json.read_bytes())
+        whole = isinstance(record, dict) and isinstance(record.get("weights"), dict) and bool(record["weights"])
+        if whole:
+            [(int(k), float(v)) for k, v in record["weights"].items()]  # trial numbers and weights, or ValueError
+    except (OSError, ValueError, TypeError):  # cut off, not text, or weights that are not numbers
+        whole = False
+    if not whole:
+        raise SpecError(f"{run.paths.ensemble_json}: damaged, not the ensemble submit wrote: run `harness submit` "
+                        "again")
+    return record
+
+
 def ensemble_record(ens: Ensemble, run: Run) -> dict:
     """What ensemble.json holds: the members' weights, cut-offs and scores (what `predict` reads)."""
     return {"metric": run.spec.metric, "weights": {str(k): v for k, v in ens.weights.items()},
