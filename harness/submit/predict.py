@@ -35,8 +35,8 @@ def predict_images(run: Run, inputs: Sequence[str], out: Path, echo: Callable[[s
         raise SpecError(f"predict writes a label per image; task {run.spec.task} predicts masks: use "
                         "`harness submit --set test.images=FOLDER --run-dir …` on a copy of the run")
     student = load_student(run.paths.distilled) if distilled else None  # refused before any image is read
+    paths = list_inputs(inputs, run.spec.test.extensions)  # a wrong path is said before an ensemble is chosen
     record = _ensemble_record(run, data, echo)
-    paths = list_inputs(inputs, run.spec.test.extensions)
     frame = pd.DataFrame({"path": [str(p) for p in paths]})
     if student is not None:
         images = model_images(data.task, frame, student.image_size, data.channels, None)
