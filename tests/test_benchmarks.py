@@ -33,3 +33,15 @@ def test_label_shift_benchmark_smoke(class_folder_competition, benchmark):
     (head,) = row["heads"]
     assert head["train"] == [0.5, 0.5] and len(head["simulation"]) == 3
     assert {"mix", "prior_error", "off", "on"} == set(head["simulation"][0])
+
+
+def test_test_images_benchmark_smoke(class_folder_competition, benchmark):
+    result = benchmark("test_images.py", "--competition", class_folder_competition(per_class=16, n_test=40),
+                       "--trials", "1", "--set", "search.steps=[60]", "--set", "search.augment=[none]",
+                       "--set", "orientation=fixed")  # the fixture's classes are mirror images
+    (row,) = result["results"]
+    assert row["before"]["members"] == [0] and row["trials"] == 1
+    pseudo = row["pseudo"]  # an easy task: the ensemble is sure of most test images
+    assert pseudo["test_images_a_fold"] > 10 and pseudo["reruns"][0]["of"] == 0
+    assert pseudo["reruns"][0]["cv_after"] is not None
+    assert set(pseudo["after"]) >= {"ensemble_oof", "members", "pseudo_members"}

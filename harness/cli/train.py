@@ -19,6 +19,7 @@ from ..search.tracking import log_report
 from ..submit import make_report, make_submission
 from ..submit.distill import make_distilled
 from ..submit.predict import predict_images
+from ..submit.pseudo import make_pseudo_labels
 from ..submit.report import data_summary
 from .options import run_options
 
@@ -52,17 +53,23 @@ def validate(run: Run) -> None:
 @click.option("--mlflow", is_flag=True,
               help="Log every finished trial (and later the report) to MLflow in <run-dir>/mlruns; remembered "
                    "for the run dir. Needs pip install 'harness[mlflow]'.")
-def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool, mlflow: bool) -> None:
+@click.option("--pseudo-labels", is_flag=True,
+              help="New trials (the submitted ensemble's members first) also train on the test images it labels "
+                   "with confidence, as search.pseudo_labels: true does. Run `harness submit` first.")
+def search(run: Run, trials: int, timeout: float | None, workers: int | None, quiet: bool, mlflow: bool,
+           pseudo_labels: bool) -> None:
     """Search until the study holds --trials finished trials."""
     try:
         follow_launcher()  # a worker of `--workers N` stops with its launcher
         workers = workers or default_worker_count()
+        pseudo = make_pseudo_labels(run, safe_echo) if pseudo_labels or run.spec.search.pseudo_labels else None
         if workers > 1:
             run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet,
-                        mlflow=mlflow)
+                        mlflow=mlflow, pseudo=pseudo.id if pseudo else None)
             study = read_study(run)
         else:
-            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow)
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow,
+                               pseudo=pseudo.id if pseudo else None)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ runs/<name>/
                                   test.npy and test.json (written after it) once the trial joins an ensemble
     ensemble.json                 members, weights, threshold and scores of the submitted ensemble
     distilled/                    `distill`: the student's model.pt, config.json and distill.json (submit/distill.py)
+    pseudo/<id>/                  a pseudo-label set of the test images (labels.npy, pseudo.json: training/pseudo.py)
     confusion_matrix.csv          the ensemble's OOF confusion matrix at its cut-off (_<head> per head)
     roc.png                       binary: ROC curves of the ensemble's OOF, per fold and pooled
     report.html                   leaderboard, ensemble, cut-off, confusion matrix, ROC, in one page
@@ -80,7 +81,7 @@ class FoldPaths:
 # names the harness writes at the top of a run dir: a folder holding one of them is a run dir
 OWN_NAMES = frozenset({"study.db", "study.db.backup", "study.db.lock", "study.url", "options.json", "folds.csv",
                        "cache", "speed.json", "trials", "ensemble.json", "report.html", ".create.lock", ".slots.lock",
-                       "mlruns", "distilled"})
+                       "mlruns", "distilled", "pseudo"})
 
 
 def sqlite_lock(db_file: Path) -> Path:
@@ -102,13 +103,8 @@ class RunPaths:
             raise SpecError(f"run dir {self.root}: holds files the harness did not write ({shown}): choose a new "
                             "or empty --run-dir")
 
-    @property
-    def study_db(self) -> Path:
-        return self.root / "study.db"
-
-    @property
-    def study_url_file(self) -> Path:
-        return self.root / "study.url"
+    study_db = property(lambda self: self.root / "study.db")
+    study_url_file = property(lambda self: self.root / "study.url")
 
     create_lock = property(lambda self: self.root / ".create.lock")
     slots_lock = property(lambda self: self.root / ".slots.lock")
@@ -145,20 +141,14 @@ class RunPaths:
         """Content digests of the data's files, by size and modification time (`data/digests.py`)."""
         return self.cache_dir / "digests.json"
 
-    @property
-    def ensemble_json(self) -> Path:
-        return self.root / "ensemble.json"
-
-    @property
-    def distilled(self) -> Path:
-        return self.root / "distilled"
+    ensemble_json = property(lambda self: self.root / "ensemble.json")
+    distilled = property(lambda self: self.root / "distilled")
+    pseudo = property(lambda self: self.root / "pseudo")
 
     def confusion_csv(self, head: Optional[str] = None) -> Path:
         return self.root / (f"confusion_matrix_{head}.csv" if head else "confusion_matrix.csv")
 
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
+    report_html = property(lambda self: self.root / "report.html")
 
     @property
     def mlruns(self) -> Path:

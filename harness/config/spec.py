@@ -116,6 +116,12 @@ class SearchSpace:
     # backbones, trained on the masks, scoring an image by its most defect-like pixels)
     families: List[str] = field(default_factory=lambda: ["classifier"],
                                 metadata={"choices": ["classifier", "mask_score"]})
+    # new trials also train on the test images the submitted ensemble labels with confidence (`search
+    # --pseudo-labels`, after `submit`): a class's label is taken above the cut-off at which the
+    # ensemble's OOF labels of that class are right `pseudo_precision` of the time
+    pseudo_labels: bool = False
+    pseudo_precision: float = 0.95
+    pseudo_soft: bool = False  # classification: the taken images learn the ensemble's probabilities, not its labels
     # the first trials of a new study (`harness list recipes`); auto: the one for the task and weights
     recipes: List[str] = field(default_factory=lambda: ["auto"], metadata={"may_be_empty": True})
 

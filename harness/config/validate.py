@@ -170,6 +170,9 @@ def check_consistency(spec: "Competition", path: Path) -> None:
                         "e.g. 0.3 (1: no early stopping)")
     if not 0 <= s.prune_warmup < 1:
         raise SpecError(f"{path}: 'search.prune_warmup': a share of the steps in [0, 1), got {s.prune_warmup}")
+    if not 0.5 <= s.pseudo_precision <= 1:
+        raise SpecError(f"{path}: 'search.pseudo_precision': the OOF precision a pseudo-label needs, in [0.5, 1], "
+                        f"got {s.pseudo_precision}: e.g. 0.95")
     if spec.submission.label_shift not in (True, False, "auto", "on", "off"):
         raise SpecError(f"{path}: 'submission.label_shift': unknown value {spec.submission.label_shift!r} "
                         "(allowed: auto, on, off)")

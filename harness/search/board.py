@@ -22,7 +22,7 @@ from .plan import Plan
 
 # what the terminal's table leaves out of a record (the csv and json keep them)
 DETAIL = ("started", "finished", "host", "pid", "images_trained", "timing", "recipe", "retry_of",
-          "promoted_from", "reused_folds")
+          "promoted_from", "reused_folds", "pseudo", "pseudo_images")
 
 
 def state_name(trial: FrozenTrial) -> str:
@@ -56,8 +56,18 @@ def trial_note(trial: FrozenTrial, source: Optional[FrozenTrial] = None) -> str:
              f"recipe {label}" if label else "",
              f"retry of #{record.artifact_owner(trial)}" if record.artifact_owner(trial) != trial.number else "",
              f"promoted from #{record.promoted_from(trial)}" if record.promoted_from(trial) is not None else "",
+             pseudo_note(trial),
              f"reused folds {record.reused_folds(trial)}" if record.reused_folds(trial) else ""]
     return "; ".join(p for p in parts if p)
+
+
+def pseudo_note(trial: FrozenTrial) -> str:
+    """A trial trained on pseudo-labels: on how many test images a fold, of which set, re-running whom."""
+    if record.pseudo(trial) is None:
+        return ""
+    images = trial.user_attrs.get(record.PSEUDO_IMAGES)
+    again = f", as #{record.pseudo_of(trial)}" if record.pseudo_of(trial) is not None else ""
+    return f"pseudo-labels: {'' if images is None else f'{images} test images, '}set {record.pseudo(trial)}{again}"
 
 
 def trial_records(study: optuna.Study, paths: Optional[RunPaths] = None) -> List[Dict[str, Any]]:
@@ -82,7 +92,8 @@ def trial_records(study: optuna.Study, paths: Optional[RunPaths] = None) -> List
                     "host": attrs.get(record.HOST), "pid": attrs.get(record.PID),
                     "images_trained": attrs.get(record.IMAGES_TRAINED), "timing": attrs.get(record.TIMING),
                     "recipe": record.recipe(t), "retry_of": attrs.get(record.RETRY_OF),
-                    "promoted_from": record.promoted_from(t), "reused_folds": list(record.reused_folds(t))})
+                    "promoted_from": record.promoted_from(t), "reused_folds": list(record.reused_folds(t)),
+                    "pseudo": record.pseudo(t), "pseudo_images": attrs.get(record.PSEUDO_IMAGES)})
         rows.append(row)
     return rows
 

@@ -88,7 +88,7 @@ def worker_environments(n: int, base: Optional[Dict[str, str]] = None, gpus: Opt
 
 
 def worker_command(run: Run, competition: str, trials: int, timeout: Optional[float],
-                   quiet: bool = False, mlflow: bool = False) -> List[str]:
+                   quiet: bool = False, mlflow: bool = False, pseudo: bool = False) -> List[str]:
     """The `harness search` command line of one worker: this run's folder, data and overrides; the
     storage, which may hold a password, goes in its environment (`worker_environments`)."""
     cmd = [sys.executable, "-m", "harness", "search", competition, "--workers", "1", "--trials", str(trials),
@@ -97,20 +97,23 @@ def worker_command(run: Run, competition: str, trials: int, timeout: Optional[fl
         cmd += ["--set", item]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
-    return cmd + (["--quiet"] if quiet else []) + (["--mlflow"] if mlflow else [])
+    return cmd + (["--quiet"] if quiet else []) + (["--mlflow"] if mlflow else []) + (
+        ["--pseudo-labels"] if pseudo else [])
 
 
 def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: Optional[float] = None,
-                echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False) -> None:
+                echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False,
+                pseudo: Optional[str] = None) -> None:
     """Prepare the study once, then run `workers` worker processes on it until it holds `trials`
     finished trials; their output is relayed, each line tagged with its worker. Raises SearchStopped
-    naming the first worker that stopped with an error."""
+    naming the first worker that stopped with an error. `pseudo`: the pseudo-label set new trials
+    train on (each worker makes the same one again from the submitted ensemble)."""
     deadline = None if timeout is None else time.time() + timeout
     mlflow = check_installed(run, mlflow)  # said once, here, not by each worker
-    prepare_search(run, echo, deadline, timeout, mlflow)
+    prepare_search(run, echo, deadline, timeout, mlflow, pseudo)
     envs = worker_environments(workers, storage=run.storage_url)
     left = None if deadline is None else max(1.0, deadline - time.time())  # the same deadline for all
-    cmd = worker_command(run, competition, trials, left, quiet, mlflow)
+    cmd = worker_command(run, competition, trials, left, quiet, mlflow, pseudo is not None)
     echo(f"{workers} workers on {shown_url(run.storage_url)}" + _devices_note(envs))
     lock = threading.Lock()
     procs, relays, last = [], [], {}

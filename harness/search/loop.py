@@ -29,12 +29,13 @@ from ..data.prepare import SearchData, prepare_data
 from ..errors import SearchStopped, SpecError, fault_line, is_machine_fault
 from ..files import remove_leftovers
 from ..training.device import use_cpu_share
+from ..training.pseudo import load_pseudo_set
 from ..training.weights import check_trainable
 from .budget import deadline_summary, out_of_time, plan_search, promote
 from .objective import Objective
 from .plan import Plan
 from .progress import SearchClock
-from .space import enqueue_recipes
+from .space import enqueue_pseudo_members, enqueue_recipes
 from .storage import FINISHED, backup_sqlite, connect, count_finished
 from .study import check_fingerprint, open_study, retry_damaged, retry_interrupted
 from . import record, tracking
@@ -45,32 +46,38 @@ Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
-               echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False) -> optuna.Study:
+               echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False,
+               pseudo: Optional[str] = None) -> optuna.Study:
     """Run until the study holds `trials` finished trials (or `timeout` seconds pass); `quiet`:
     a line per trial, none per fold; `mlflow`: log each finished trial to <run-dir>/mlruns
-    (`tracking.py`; remembered for the run dir)."""
+    (`tracking.py`; remembered for the run dir); `pseudo`: the id of the pseudo-label set new
+    trials also train on (`submit.make_pseudo_labels`), the ensemble's members first."""
     use_cpu_share()
     with _interrupts_between_storage_calls():
-        return _search(run, trials, timeout, echo, quiet, mlflow)
+        return _search(run, trials, timeout, echo, quiet, mlflow, pseudo)
 
 
 def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str], None],
-            quiet: bool, mlflow: bool) -> optuna.Study:
+            quiet: bool, mlflow: bool, pseudo: Optional[str]) -> optuna.Study:
     """`run_search`'s loop: a trial at a time while a slot of the `trials` is free, and, with a
     deadline, while the next one fits in the time left (promotions first: `budget.promote`)."""
     deadline = time.time() + timeout if timeout else None
     mlflow = tracking.check_installed(run, mlflow)  # a missing package is said before any training
-    data, study, storage, plan = prepare_search(run, echo, deadline, timeout, mlflow)
+    data, study, storage, plan = prepare_search(run, echo, deadline, timeout, mlflow, pseudo)
     if deadline is not None:
         record.set_deadline(study, deadline)
     slots = TrialSlots(study, storage, trials, slot_lock(storage, run))
     search_clock = SearchClock(study, trials, deadline, echo if not quiet else lambda line: None)
-    objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline, search_clock=search_clock)
+    objective = Objective(run, data, echo, quiet, plan=plan, stop_at=deadline, search_clock=search_clock,
+                          pseudo=pseudo)
     streak = _FailureStreak(echo)
     callbacks: List[Callback] = [streak, _KeepBackup(run.storage_url, echo), search_clock]
     if mlflow:
         callbacks.append(tracking.TrialLog(run, echo))
     waiting = False
+    if count_finished(study) >= trials:  # a study is searched on by raising --trials (what a pseudo search forgets)
+        echo(f"the study holds {count_finished(study)} finished trials, --trials {trials}: nothing to run; "
+             f"--trials {count_finished(study) + 4} runs 4 more")
     while count_finished(study) < trials and not streak.tripped:
         if deadline is not None and out_of_time(study, plan, deadline, echo):
             break
@@ -141,21 +148,21 @@ def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
 
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print, deadline: Optional[float] = None,
-                   timeout: Optional[float] = None, mlflow: bool = False
+                   timeout: Optional[float] = None, mlflow: bool = False, pseudo: Optional[str] = None
                    ) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
     """The prepared data, the study, its storage and its plan (for a `deadline`, a time.time(): the
     seconds left once the data is ready, `budget.plan_search`): made by the first worker, found by
     the others (`timeout`: the deadline's whole seconds, as the user gave them; `mlflow`: the MLflow
-    store too)."""
+    store too; `pseudo`: the pseudo-label set whose ensemble members run again first)."""
     run.paths.check_ours()
     ensure_writable(run.paths.root, run.paths.write_probe())
     with creation_lock(run):
         remove_leftovers(run.paths.root, legacy=True)  # what a killed run left half-written (none of a live one's)
-        return _create(run, echo, deadline, timeout, mlflow)
+        return _create(run, echo, deadline, timeout, mlflow, pseudo)
 
 
 def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], timeout: Optional[float],
-            mlflow: bool) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
+            mlflow: bool, pseudo: Optional[str]) -> Tuple[SearchData, optuna.Study, RDBStorage, Optional[Plan]]:
     """Everything the study needs before its first trial, made by the first worker (under
     `creation_lock`) and found by the others."""
     data = prepare_data(run)
@@ -175,6 +182,11 @@ def _create(run: Run, echo: Callable[[str], None], deadline: Optional[float], ti
         echo(plan.line)
     for name in enqueue_recipes(study, run, data, plan):
         echo(f"recipe {name}: the first trial, within this search space")
+    if pseudo is not None:
+        numbers = enqueue_pseudo_members(study, load_pseudo_set(run.paths.pseudo / pseudo))
+        if numbers:
+            echo(f"pseudo-labels: the ensemble's trial(s) {', '.join(f'#{n}' for n in numbers)} run again first, "
+                 "with the same parameters, on them too; then new trials")
     for number in retry_interrupted(study, storage):
         echo(f"trial {number} was interrupted: it runs again with the same parameters")
     for number, damage in retry_damaged(study, run):

@@ -11,7 +11,7 @@ import gc
 import json
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -25,7 +25,8 @@ from ..files import write_file
 from ..training.config import TrialConfig
 from ..training.device import device
 from ..training.augment import tta_views
-from ..training.fit import FoldData, FoldJob, eval_points, fit_fold
+from ..training.fit import FoldJob, eval_points, fit_fold
+from ..training.pseudo import PseudoSet, fold_data, load_pseudo_set, with_test_images
 from ..training.store import DamagedFold, FoldResult, load_fold, pool_folds
 from ..training.timing import PhaseClock, busy_share, summed
 from . import record
@@ -40,14 +41,16 @@ class Objective:
 
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False,
                  plan: Optional[Plan] = None, stop_at: Optional[float] = None,
-                 search_clock: Optional[SearchClock] = None) -> None:
+                 search_clock: Optional[SearchClock] = None, pseudo: Optional[str] = None) -> None:
         self.run, self.data, self.echo, self.quiet = run, data, echo, quiet
+        self.pseudo = pseudo  # the pseudo-label set new trials also train on (training/pseudo.py)
         self.search_clock = search_clock  # the search's position and time left, for the progress line
         self.plan, self.stop_at = plan, stop_at  # budgets planned for a deadline; the deadline (time.time())
         self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
         self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
         self.cut: Optional[str] = None  # the trial the deadline cut, in one line
         self._folds_done = 0
+        self._joined: Optional[tuple] = None  # (training images, them followed by the test images)
 
     def __call__(self, trial: optuna.Trial) -> float:
         record.mark_process(trial)
@@ -57,12 +60,16 @@ class Objective:
         owner = trial.number  # until the storage says whose folds a retry reuses
         try:
             cfg = suggest_config(trial, self.run, self.data, self.plan)
+            pseudo = self._pseudo_set(trial, cfg)
+            if pseudo is not None:
+                cfg = replace(cfg, pseudo=pseudo.id)
+                record.set_pseudo(trial, pseudo.id, pseudo.images)
             if self.plan is not None and record.budget(trial) is None:
                 record.set_budget(trial, cfg.steps)  # a new trial: the lowest rung
             owner = record.running_owner(trial)
             record.set_artifacts(trial, owner)
             write_file(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
-            results = self._fit_folds(trial, cfg, owner, clock)
+            results = self._fit_folds(trial, cfg, owner, clock, pseudo)
             oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
             cv = self.data.task.score(self.data.y, oof)
             self._write_oof_csv(owner, oof)
@@ -98,10 +105,25 @@ class Objective:
             _quietly(_record_time, trial, clock, time.time() - start)
             _release_memory()
 
-    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int, clock: PhaseClock) -> List[FoldResult]:
+    def _pseudo_set(self, trial: optuna.Trial, cfg: TrialConfig) -> Optional[PseudoSet]:
+        """The pseudo-label set the trial trains on: the one it was enqueued with (a member run again, a
+        retry, a promotion), else this search's for a trial it draws (a recipe or a promotion enqueued
+        without one keeps training without); none for a trial that learns from masks, which the test
+        images do not have."""
+        set_id = record.pseudo(trial) or (None if record.enqueued(trial) else self.pseudo)
+        if set_id and cfg.aux_weight > 0:
+            record.set_pseudo(trial, set_id, 0)  # status says it trained on none of them
+        if not set_id or cfg.aux_weight > 0:
+            return None
+        return load_pseudo_set(self.run.paths.pseudo / set_id)
+
+    def _fit_folds(self, trial: optuna.Trial, cfg: TrialConfig, owner: int, clock: PhaseClock,
+                   pseudo: Optional[PseudoSet] = None) -> List[FoldResult]:
         fold = self.data.fold
         with clock("data"):
-            images, _ = self.data.images(cfg.image_size, self.run.paths.cache_dir)  # the test set: at submit
+            images, test_images = self.data.images(cfg.image_size, self.run.paths.cache_dir)
+            if pseudo is not None:  # else the test set is predicted at submit
+                images = self._with_test_images(images, test_images)
             aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
         results: List[FoldResult] = []
         self._folds_done = 0
@@ -116,11 +138,10 @@ class Objective:
             if result is None:
                 progress = None if self.quiet else self._progress(prefix, cfg, k)
                 try:
-                    fold_data = FoldData(images, self.data.y, np.flatnonzero(fold != k),
-                                         np.flatnonzero(fold == k), aux_masks)
+                    data = fold_data(images, self.data.y, fold, k, pseudo, aux_masks)
                     if self.stop_at is not None and time.time() >= self.stop_at:
                         raise DeadlineReached(f"the deadline passed before fold {k + 1}")
-                    result = fit_fold(cfg, self.data.task, fold_data, FoldJob(
+                    result = fit_fold(cfg, self.data.task, data, FoldJob(
                         k, out, self._eval_reporter(trial, cfg, k, progress),
                         clock=clock, stop_at=self.stop_at, on_step=progress.step if progress else None))
                 finally:
@@ -135,6 +156,13 @@ class Objective:
             record.set_folds(trial, [r.score for r in results], [r.fold for r in results if r.reused])
             self._report_fold(trial, results)
         return results
+
+    def _with_test_images(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        """The training images followed by the test images, made once for the trials of one image
+        size: the same array each time, so that what is made of it (a device copy) is reused."""
+        if self._joined is None or self._joined[0] is not train:
+            self._joined = (train, with_test_images(train, test))
+        return self._joined[1]
 
     def _progress(self, prefix: str, cfg: TrialConfig, k: int) -> FoldProgress:
         views = len(tta_views(cfg.orientation)) if cfg.tta else 1
@@ -152,7 +180,7 @@ class Objective:
                        progress: Optional[FoldProgress]) -> Optional[Callable[[float, float], None]]:
         """What each validation of fold `k` is told to: the progress line, and on the first fold the
         pruner (when it looks at validations)."""
-        prunes = k == 0 and self.per_eval
+        prunes = k == 0 and self.per_eval and _prunable(trial)
         if progress is None and not prunes:
             return None
 
@@ -175,7 +203,7 @@ class Objective:
         else:
             step, value = len(results) - 1, scores[-1]
         trial.report(value, step)
-        if len(results) < self.run.spec.folds and trial.should_prune():
+        if len(results) < self.run.spec.folds and _prunable(trial) and trial.should_prune():
             self._prune(trial, f"after fold {len(results)} of {self.run.spec.folds}", value, step)
 
     def _prune(self, trial: optuna.Trial, where: str, value: float, step: int) -> None:
@@ -184,6 +212,12 @@ class Objective:
         reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(peers, trial.number, step)
         record.set_pruned(trial, reason)
         raise optuna.TrialPruned(reason)
+
+
+def _prunable(trial: optuna.Trial) -> bool:
+    """An ensemble member run again on pseudo-labels is not pruned: it is the comparison the user
+    asked for, its CV beside its original's."""
+    return record.PSEUDO_OF not in trial.user_attrs
 
 
 def _record_time(trial: optuna.Trial, clock: PhaseClock, seconds: float) -> None:

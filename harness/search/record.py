@@ -34,6 +34,9 @@ RETRY_OF = "retry_of"  # a retry: the trial whose folder (and finished folds) it
 RETRY_SOURCE = "retry_source"  # a retry: the trial it runs again (each is retried once)
 BUDGET = "budget"  # a planned search (`budget.py`): the trial's optimizer steps a fold, its rung's
 PROMOTED_FROM = "promoted_from"  # a trial run again at the next rung's budget: the one it was promoted from
+PSEUDO = "pseudo"  # the pseudo-label set its folds also trained on (training/pseudo.py)
+PSEUDO_IMAGES = "pseudo_images"  # the test images a fold of it trained on, on average
+PSEUDO_OF = "pseudo_of"  # an ensemble member run again with the pseudo-labels: that trial
 # --- study attributes ---
 PLAN = "plan"  # the budgets planned from measured speed for a deadline (`budget.Plan`)
 DEADLINE = "deadline"  # when the latest search with --timeout ends (seconds since the epoch)
@@ -128,6 +131,20 @@ def promoted_from(trial: FrozenTrial) -> Optional[int]:
     return trial.user_attrs.get(PROMOTED_FROM)
 
 
+def pseudo(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[str]:
+    return trial.user_attrs.get(PSEUDO)
+
+
+def enqueued(trial: Union[FrozenTrial, optuna.Trial]) -> bool:
+    """Whether the harness enqueued the trial (a recipe, a promotion, a retry, a member run again on
+    pseudo-labels) rather than the sampler drawing it."""
+    return any(key in trial.user_attrs for key in (RECIPE, PROMOTED_FROM, RETRY_OF, PSEUDO_OF))
+
+
+def pseudo_of(trial: FrozenTrial) -> Optional[int]:
+    return trial.user_attrs.get(PSEUDO_OF)
+
+
 def plan(study: optuna.Study) -> Optional[dict]:
     return study.user_attrs.get(PLAN)
 
@@ -189,20 +206,33 @@ def set_budget(trial: optuna.Trial, steps: int) -> None:
     trial.set_user_attr(BUDGET, steps)
 
 
+def set_pseudo(trial: optuna.Trial, set_id: str, images: int) -> None:
+    trial.set_user_attr(PSEUDO, set_id)
+    trial.set_user_attr(PSEUDO_IMAGES, images)
+
+
 def retry_attrs(owner: int, source: FrozenTrial) -> Dict[str, Any]:
     """The attributes of an enqueued retry of trial `source`, whose folds are in `owner`'s folder: a
     planned trial's budget goes with it (the same steps: its finished folds are reused), and what it
-    stands for (its recipe, the trial it was promoted from)."""
+    stands for (its recipe, the trial it was promoted from, its pseudo-label set)."""
     attrs = {RETRY_OF: owner, RETRY_SOURCE: source.number}
-    for key in (BUDGET, RECIPE, PROMOTED_FROM):
+    for key in (BUDGET, RECIPE, PROMOTED_FROM, PSEUDO, PSEUDO_OF):
         if key in source.user_attrs:
             attrs[key] = source.user_attrs[key]
     return attrs
 
 
-def promotion_attrs(source: FrozenTrial, steps: int) -> Dict[str, int]:
-    """The attributes of trial `source` enqueued again at the next rung's budget."""
-    return {BUDGET: steps, PROMOTED_FROM: source.number}
+def promotion_attrs(source: FrozenTrial, steps: int) -> Dict[str, Any]:
+    """The attributes of trial `source` enqueued again at the next rung's budget (on its pseudo-labels)."""
+    kept = {PSEUDO: source.user_attrs[PSEUDO]} if PSEUDO in source.user_attrs else {}
+    return {BUDGET: steps, PROMOTED_FROM: source.number, **kept}
+
+
+def pseudo_attrs(set_id: str, member: FrozenTrial) -> Dict[str, Any]:
+    """The attributes of ensemble member `member` enqueued again to train on pseudo-label set `set_id`
+    (at its budget, in a planned search)."""
+    kept = {BUDGET: member.user_attrs[BUDGET]} if BUDGET in member.user_attrs else {}
+    return {PSEUDO: set_id, PSEUDO_OF: member.number, **kept}
 
 
 def recipe_attrs(name: str) -> Dict[str, str]:

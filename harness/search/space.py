@@ -10,6 +10,7 @@ from ..data.prepare import SearchData
 from ..training.config import TrialConfig
 from ..training.device import default_workers
 from ..training.models import choose_model
+from ..training.pseudo import PseudoSet
 from ..training.recipes import RECIPES, projected, recipe_names
 from ..training.weights import resolve_weights
 from . import record
@@ -57,6 +58,21 @@ def enqueue_recipes(study: optuna.Study, run: Run, data: SearchData, plan: Optio
         study.enqueue_trial(recipe_params(RECIPES.get(name)(run.spec), run, data, plan),
                             user_attrs=record.recipe_attrs(name))
     return names
+
+
+def enqueue_pseudo_members(study: optuna.Study, pseudo: PseudoSet) -> List[int]:
+    """Enqueue each member of the ensemble that made `pseudo` again, with its parameters, to train on
+    the pseudo-labels too (heaviest first), unless it was already; the members enqueued now."""
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    done = {record.pseudo_of(t) for t in trials if record.pseudo(t) == pseudo.id}
+    members = sorted(pseudo.record["members"].items(), key=lambda item: -item[1])
+    enqueued = []
+    for number in (int(n) for n, _ in members):
+        if number not in done and number in by_number:
+            study.enqueue_trial(by_number[number].params, user_attrs=record.pseudo_attrs(pseudo.id, by_number[number]))
+            enqueued.append(number)
+    return enqueued
 
 
 def recipe_config(run: Run, data: SearchData, image_size: int) -> TrialConfig:

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 # how trials are run and judged, not what a finished fold means: a resume may change them (a fold
 # trained with other validations or patience has another digest, so it is trained again, not reused)
-POLICY_FIELDS = ("pruner", "prune_warmup", "evals", "patience")
+POLICY_FIELDS = ("pruner", "prune_warmup", "evals", "patience", "pseudo_labels", "pseudo_precision",
+                 "pseudo_soft")
 
 
 def open_study(run: Run, create: bool, storage: Optional[RDBStorage] = None) -> optuna.Study:

@@ -114,7 +114,7 @@ def _student_config(run: Run, owner: int, steps: Optional[int]) -> TrialConfig:
     if cfg is None:
         raise SpecError(f"distill: the best single trial is a {trial.model_family} model; a student of that "
                         "family is not supported yet (timm classifiers only)")
-    return replace(cfg, steps=steps or cfg.steps)
+    return replace(cfg, steps=steps or cfg.steps, pseudo="")  # it trains on every test image
 
 
 def _ensemble_seconds(run: Run, data: SearchData, preds: List[TrialPredictions], ens: Ensemble) -> float:

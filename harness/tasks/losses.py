@@ -93,3 +93,40 @@ class MultiHeadLoss(nn.Module):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
                    for i, (h, loss) in enumerate(zip(self.heads, self.losses)))
+
+
+class SoftCrossEntropy(nn.Module):
+    """Per head, the cross-entropy of the logits' softmax against soft targets, weighted by the
+    head's loss weight: the KL divergence to the targets plus their entropy, a constant, so the
+    same gradient."""
+
+    def __init__(self, heads: List["Head"]) -> None:
+        super().__init__()
+        self.spans = [(h.offset, h.offset + len(h.classes), h.loss_weight) for h in heads]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for start, stop, weight in self.spans:
+            log_p = logits[:, start:stop].float().log_softmax(1)
+            total = total - weight * (target[:, start:stop].float() * log_p).sum(1).mean()
+        return total
+
+
+class SoftPseudoLoss(nn.Module):
+    """`hard` (the trial's loss) on the rows with labels, the soft cross-entropy on the pseudo-labelled
+    rows whose targets are the ensemble's probabilities, each weighted by its share of the batch.
+    `target` holds each row's labels (one column per head), then its soft targets (zeros: none)."""
+
+    def __init__(self, hard: nn.Module, heads: List["Head"]) -> None:
+        super().__init__()
+        self.hard, self.soft, self.n_heads = hard, SoftCrossEntropy(heads), len(heads)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels, soft = target[:, :self.n_heads].long(), target[:, self.n_heads:]
+        is_soft = soft.sum(1) > 0
+        total = logits.new_zeros((), dtype=torch.float32)
+        if (~is_soft).any():
+            total = total + self.hard(logits[~is_soft], labels[~is_soft]) * (~is_soft).float().mean()
+        if is_soft.any():
+            total = total + self.soft(logits[is_soft], soft[is_soft]) * is_soft.float().mean()
+        return total

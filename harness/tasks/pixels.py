@@ -71,12 +71,16 @@ def fit_pixel_threshold(metric_name: str, y: np.ndarray, proba: np.ndarray) -> T
     return float(edges[best]), float(scores[best])
 
 
+# a mask pixel no loss counts: a test image's pixel its pseudo-label leaves unsure (training/pseudo.py)
+IGNORED_PIXEL = 255
+
+
 @SEG_LOSSES.register("bce")
 def bce() -> nn.Module:
     """Binary cross-entropy with logits."""
     from segmentation_models_pytorch.losses import SoftBCEWithLogitsLoss
 
-    return SoftBCEWithLogitsLoss()
+    return SoftBCEWithLogitsLoss(ignore_index=IGNORED_PIXEL)
 
 
 @SEG_LOSSES.register("dice")
@@ -84,7 +88,7 @@ def dice_loss() -> nn.Module:
     """Soft Dice loss."""
     from segmentation_models_pytorch.losses import DiceLoss
 
-    return DiceLoss(mode="binary", from_logits=True)
+    return DiceLoss(mode="binary", from_logits=True, ignore_index=IGNORED_PIXEL)
 
 
 class _Sum(nn.Module):
@@ -107,7 +111,7 @@ def focal() -> nn.Module:
     """Binary focal loss."""
     from segmentation_models_pytorch.losses import FocalLoss
 
-    return FocalLoss(mode="binary")
+    return FocalLoss(mode="binary", ignore_index=IGNORED_PIXEL)
 
 
 @SEG_LOSSES.register("lovasz")
@@ -115,4 +119,4 @@ def lovasz() -> nn.Module:
     """Lovász hinge (optimises IoU directly)."""
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    return LovaszLoss(mode="binary")
+    return LovaszLoss(mode="binary", ignore_index=IGNORED_PIXEL)

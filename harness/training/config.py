@@ -39,11 +39,14 @@ class TrialConfig:
     compile: bool = False  # torch.compile the model for training and prediction
     aux_weight: float = 0.0  # weight of the auxiliary mask loss (train.masks); 0: no mask head
     keep: str = "last"  # the weights that predict: last (after the last step) or best (validation)
+    pseudo: str = ""  # the pseudo-label set its folds also train on (training/pseudo.py); "": none
 
     def digest(self) -> str:
         # how the data is loaded and the model executed is not what is trained: a fold finished on
         # another machine (other workers, no GPU, no compiler) is reused
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS}
+        if not self.pseudo:
+            del fields["pseudo"]  # the digest of every trial trained before pseudo-labels existed
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 

@@ -31,6 +31,7 @@ class FoldData:
     train_idx: np.ndarray  # the rows trained on
     val_idx: np.ndarray  # the rows validated on: they become out-of-fold predictions
     aux_masks: Optional[np.ndarray] = None  # N × size × size: the auxiliary mask head's targets
+    soft: Optional[np.ndarray] = None  # N × ΣC: soft targets of pseudo-labelled rows (zeros: a row's labels)
 
 
 class ArrayDataset(Dataset):

@@ -10,13 +10,14 @@ import itertools
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import SpecError, first_line
+from ..tasks.losses import SoftCrossEntropy
 from ..files import write_file
 from .config import TrialConfig
 from .datasets import FoldData
@@ -28,24 +29,7 @@ from .sampling import Drawing
 from .timing import PhaseClock
 
 if TYPE_CHECKING:
-    from ..tasks.base import Head, Task
-
-
-class SoftCrossEntropy(nn.Module):
-    """Per head, the cross-entropy of the logits' softmax against soft targets, weighted by the
-    head's loss weight: the KL divergence to the targets plus their entropy, a constant, so the
-    same gradient."""
-
-    def __init__(self, heads: List["Head"]) -> None:
-        super().__init__()
-        self.spans = [(h.offset, h.offset + len(h.classes), h.loss_weight) for h in heads]
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = logits.new_zeros((), dtype=torch.float32)
-        for start, stop, weight in self.spans:
-            log_p = logits[:, start:stop].float().log_softmax(1)
-            total = total - weight * (target[:, start:stop].float() * log_p).sum(1).mean()
-        return total
+    from ..tasks.base import Task
 
 
 def soft_targets(task: "Task", proba: np.ndarray) -> np.ndarray:
