@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from conftest import TINY_SEARCH, load_study, write_spec
+from harness import open_run
 from harness.errors import SpecError
+from harness.search.launch import worker_command
 from harness.search import record
 from harness.search.objective import _prunable
 from harness.submit.pseudo import fold_labels, keep_class_mix, keep_pixel_mix, precision_cutoff
@@ -179,3 +181,9 @@ def test_a_member_run_again_on_pseudo_labels_is_never_pruned():
     study.tell(0, 1.0)
     assert not _prunable(study.ask())  # the enqueued re-run
     assert _prunable(study.ask())  # a new trial of the search
+
+
+def test_workers_of_a_pseudo_search_make_the_same_set(few_labels, tmp_path):
+    run = open_run(few_labels, run_dir=str(tmp_path / "run"))
+    assert worker_command(run, str(few_labels), 2, None, pseudo=True)[-1] == "--pseudo-labels"
+    assert "--pseudo-labels" not in worker_command(run, str(few_labels), 2, None)
