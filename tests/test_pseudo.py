@@ -16,12 +16,12 @@ from harness.search import record
 from harness.search.objective import _prunable
 from harness.submit.pseudo import fold_labels, keep_class_mix, keep_pixel_mix, precision_cutoff
 from harness.tasks.base import Head
-from harness.tasks.classification import BinaryTask
+from harness.tasks.classification import BinaryTask, MultiheadTask
 from harness.tasks.losses import SoftPseudoLoss
 from harness.tasks.pixels import IGNORED_PIXEL
 from test_segmentation import SEARCH as SEG_SEARCH, disks
 from harness.training.config import trial_config
-from harness.training.pseudo import NOT_TAKEN, load_pseudo_set, save_pseudo_set
+from harness.training.pseudo import NOT_TAKEN, PseudoSet, fold_data, load_pseudo_set, save_pseudo_set
 
 
 def faint(label: int, rng: np.random.Generator) -> Image.Image:
@@ -112,11 +112,30 @@ def test_soft_targets_are_learnt_on_pseudo_rows_and_labels_on_the_others():
     assert float(loss(logits[:2], target[:2])) == pytest.approx(float(labelled))  # no soft row: the trial's loss
 
 
+def test_a_head_not_sure_of_an_image_leaves_it_out_of_its_loss_alone():
+    task = MultiheadTask([Head("pose", ["l", "r"], "accuracy", 0), Head("mood", ["a", "b"], "accuracy", 2)])
+    y = np.array([[0, 0], [1, 1]] * 10)
+    fold = np.repeat([0, 1], 10)
+    oof = np.concatenate([np.where(y[:, :1] == 1, [[0.05, 0.95]], [[0.95, 0.05]]), np.full((20, 2), 0.5)], axis=1)
+    test = np.array([[0.02, 0.98, 0.5, 0.5], [0.97, 0.03, 0.5, 0.5]] * 3)
+    labels, _ = fold_labels(task, y, fold, oof, [test, test], {}, 0.95)
+    assert labels[0, :, 0].tolist() == [1, 0] * 3 and (labels[0, :, 1] == NOT_TAKEN).all()  # pose sure, mood not
+    pseudo = PseudoSet("x", labels, {})
+    data = fold_data(np.zeros((26, 4, 4, 1), np.uint8), y, fold, 0, pseudo)
+    assert len(data.train_idx) == 16 and data.y[20:, 1].tolist() == [NOT_TAKEN] * 6
+    loss = task.loss(["ce", "ce"], [None, None])
+    loss.skip_unlabelled = True
+    logits, target = torch.randn(26, 4), torch.as_tensor(data.y).long()
+    pose = torch.nn.functional.cross_entropy(logits[:, :2], target[:, 0])
+    mood = torch.nn.functional.cross_entropy(logits[:20, 2:], target[:20, 1])  # the training images only
+    assert float(loss(logits, target)) == pytest.approx(float(pose + mood))
+
+
 def test_a_rare_class_is_not_drowned_and_a_cutoff_needs_enough_images():
     # 9 of 10 images predicted "a", 1 "b"; 10 training images, half and half
     predicted = np.array([[0]] * 9 + [[1]])
     confidence = np.linspace(0.9, 0.99, 10)[:, None]
-    kept = keep_class_mix(np.ones(10, bool), predicted, confidence, np.array([[0], [1]] * 5), [2])
+    kept = keep_class_mix(np.ones((10, 1), bool), predicted, confidence, np.array([[0], [1]] * 5), [2])[:, 0]
     assert kept.tolist() == [False] * 7 + [True] * 3  # the 2 most confident "a" (its share: at least 0.8 × 0.5), the "b"
     right = np.array([True] * 4)
     assert precision_cutoff(np.array([0.9, 0.8, 0.7, 0.6]), right, 0.95) is None  # 4 images: luck

@@ -2,10 +2,11 @@
 to train on beside the training images (`harness search --pseudo-labels`, after `harness submit`).
 
 Fold k's set is the ensemble's blend of its members' fold-k models alone (which never trained on
-fold k's validation images), labelled at the submitted cut-offs. A test image is taken where, for
-every head, the probability of its label reaches that class's cut-off: the lowest at which the
-ensemble's OOF labels of that class, on the other folds' images, are right `search.pseudo_precision`
-of the time. A cut-off per class keeps a rare class from being drowned by a common one's confident
+fold k's validation images), labelled at the submitted cut-offs. A head's label of a test image is
+taken where its probability reaches that class's cut-off, the lowest at which the ensemble's OOF
+labels of that class, on the other folds' images, are right `search.pseudo_precision` of the time
+(a head not sure of an image leaves it out of its loss; an image no head is sure of is not taken).
+A cut-off per class keeps a rare class from being drowned by a common one's confident
 images, or from being taken at a confidence its OOF labels do not earn; the set then keeps the
 training images' class mix. Segmentation does the same per pixel: the sure pixels of a test image
 are its label, the others are ignored by the loss (`pixel_labels`).
@@ -117,7 +118,7 @@ def ensemble_folds(data: SearchData, weights: Dict[int, float], members: Dict[in
 
 def fold_labels(task: Task, y: np.ndarray, fold: np.ndarray, oof: np.ndarray, tests: List[np.ndarray],
                 thresholds: dict, precision: float) -> Tuple[np.ndarray, List[dict]]:
-    """folds × n_test × H labels (NOT_TAKEN where an image is not taken) and each fold's cut-offs per
+    """folds × n_test × H labels (NOT_TAKEN where a head is not sure of an image) and each fold's cut-offs per
     head and class (None: no cut-off reaches `precision`), as pseudo.json shows them."""
     labels = np.full((len(tests), len(tests[0]), len(task.heads)), NOT_TAKEN, dtype=np.int16)
     shown = []
@@ -125,14 +126,12 @@ def fold_labels(task: Task, y: np.ndarray, fold: np.ndarray, oof: np.ndarray, te
         others = fold != k  # the cut-offs of fold k never see its validation labels
         cut = class_cutoffs(task, y[others], oof[others], thresholds, precision)
         predicted = task.labels(test, thresholds)
-        sure = np.ones(len(test), dtype=bool)
         confidence = np.stack([test[np.arange(len(test)), head.offset + predicted[:, h]]
                                for h, head in enumerate(task.heads)], axis=1)
-        for h, head in enumerate(task.heads):
-            limit = np.array([np.inf if c is None else c for c in cut[head.name].values()])
-            sure &= confidence[:, h] >= limit[predicted[:, h]]
+        sure = np.stack([confidence[:, h] >= np.array([np.inf if c is None else c for c in cut[head.name].values()])
+                         [predicted[:, h]] for h, head in enumerate(task.heads)], axis=1)
         sure = keep_class_mix(sure, predicted, confidence, y[others], [len(h.classes) for h in task.heads])
-        labels[k, sure] = predicted[sure]
+        labels[k][sure] = predicted[sure]
         shown.append({h: {c: None if v is None else round(v, 4) for c, v in cuts.items()} for h, cuts in cut.items()})
     return labels, shown
 
@@ -150,16 +149,17 @@ def class_quota(available: np.ndarray, prior: np.ndarray, n: int) -> np.ndarray:
 
 def keep_class_mix(take: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, y: np.ndarray,
                    sizes: List[int]) -> np.ndarray:
-    """`take`, head by head, less the least confident images of each class beyond its `class_quota`
-    for the fold's training labels `y`: a set of mostly one class would move the model's prior."""
+    """`take` (images × heads: the labels sure enough), head by head, less the least confident labels
+    of each class beyond its `class_quota` for the fold's training labels `y`: a set of mostly one
+    class would move the model's prior."""
     take = take.copy()
     for h, size in enumerate(sizes):
         prior = np.bincount(y[:, h], minlength=size) / len(y)
-        quota = class_quota(np.bincount(predicted[take, h], minlength=size), prior, len(y))
+        quota = class_quota(np.bincount(predicted[take[:, h], h], minlength=size), prior, len(y))
         for c in range(size):
-            rows = np.flatnonzero(take & (predicted[:, h] == c))
+            rows = np.flatnonzero(take[:, h] & (predicted[:, h] == c))
             if len(rows) > quota[c]:
-                take[rows[np.argsort(confidence[rows, h], kind="stable")[:len(rows) - quota[c]]]] = False
+                take[rows[np.argsort(confidence[rows, h], kind="stable")[:len(rows) - quota[c]]], h] = False
     return take
 
 

@@ -83,16 +83,26 @@ class AuxMaskLoss(nn.Module):
 
 
 class MultiHeadLoss(nn.Module):
-    """Each head's own loss on its columns, summed with the heads' loss weights."""
+    """Each head's own loss on its columns, summed with the heads' loss weights. With
+    `skip_unlabelled`, a head's loss leaves out the rows whose label is negative (a pseudo-labelled
+    image that head is not sure of): set only then, since the check costs a sync a step."""
 
     def __init__(self, heads: List["Head"], losses: List[nn.Module]) -> None:
         super().__init__()
         self.heads = heads
         self.losses = nn.ModuleList(losses)
+        self.skip_unlabelled = False
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
-                   for i, (h, loss) in enumerate(zip(self.heads, self.losses)))
+        if not self.skip_unlabelled:
+            return sum(h.loss_weight * loss(logits[:, h.cols], y[:, i])
+                       for i, (h, loss) in enumerate(zip(self.heads, self.losses)))
+        total = logits.new_zeros((), dtype=torch.float32)
+        for i, (h, loss) in enumerate(zip(self.heads, self.losses)):
+            labelled = y[:, i] >= 0
+            if labelled.any():
+                total = total + h.loss_weight * loss(logits[labelled][:, h.cols], y[labelled, i])
+        return total
 
 
 class SoftCrossEntropy(nn.Module):

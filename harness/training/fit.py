@@ -23,7 +23,7 @@ from timm.scheduler import CosineLRScheduler
 
 from ..config.paths import FoldPaths
 from ..errors import DeadlineReached
-from ..tasks.losses import AuxMaskLoss, SoftPseudoLoss
+from ..tasks.losses import AuxMaskLoss, MultiHeadLoss, SoftPseudoLoss
 from ..tasks.metrics import is_better
 from .augment import tta_views
 from .config import TrialConfig
@@ -110,6 +110,8 @@ def set_up(cfg: TrialConfig, task: "Task", data: FoldData, fold: int) -> FoldSet
                                            torch.Generator().manual_seed(cfg.seed + fold))
     loss_fn, aux_masks = _loss(cfg, task, data.y[data.train_idx], data.aux_masks)
     data = replace(data, aux_masks=aux_masks)  # the masks travel only when the loss needs them
+    if isinstance(loss_fn, MultiHeadLoss) and (data.y[data.train_idx] < 0).any():
+        loss_fn.skip_unlabelled = True  # pseudo-labelled images some head is not sure of
     if data.soft is not None:  # the batches carry each row's labels, then its soft targets
         loss_fn = SoftPseudoLoss(loss_fn, task.heads)
         data = replace(data, y=np.concatenate([data.y.astype(np.float32), data.soft], axis=1))

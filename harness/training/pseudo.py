@@ -33,7 +33,7 @@ class PseudoSet:
     unsure pixels are IGNORED_PIXEL (no loss counts them)."""
 
     id: str
-    labels: np.ndarray  # folds × n_test × H (NOT_TAKEN: left out), or folds × n_test × height × width
+    labels: np.ndarray  # folds × n_test × H (NOT_TAKEN: a head not sure), or folds × n_test × height × width
     record: dict  # pseudo.json: how it was made, and what it holds
     soft: Optional[np.ndarray] = None  # folds × n_test × ΣC: the ensemble's probabilities, as targets
 
@@ -41,7 +41,7 @@ class PseudoSet:
         """folds × n_test: whether fold k trains on test image i (on some of its pixels, for masks)."""
         if self.labels.ndim == 4:
             return (self.labels != IGNORED_PIXEL).any(axis=(2, 3))
-        return self.labels[:, :, 0] != NOT_TAKEN
+        return (self.labels != NOT_TAKEN).any(axis=2)  # for some head: the others' losses leave it out
 
     def rows(self, k: int) -> np.ndarray:
         """The test images fold `k` trains on."""
@@ -61,11 +61,10 @@ def fold_data(images: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, pseud
     train_idx, val_idx = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
     if pseudo is None:
         return FoldData(images, y, train_idx, val_idx, aux_masks)
-    labels = pseudo.labels[k]
+    labels, rows = pseudo.labels[k], pseudo.rows(k)
     if labels.ndim == 2:  # the images not taken are never trained on: a valid class keeps class counts in range
-        labels = np.where(labels == NOT_TAKEN, 0, labels)
+        labels = np.where(pseudo.taken()[k][:, None], labels, 0)
     y_all = np.concatenate([y, labels.astype(y.dtype)])
-    rows = pseudo.rows(k)
     soft = None
     if pseudo.soft is not None:  # the rows with labels have none
         soft = np.zeros((len(y_all), pseudo.soft.shape[2]), dtype=np.float32)

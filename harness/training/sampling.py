@@ -114,5 +114,6 @@ def head_class_weights(task: "Task", y_train: np.ndarray, imbalance: str,
     them (or None). Labels that are masks have none: pixels are drawn as they are."""
     if task.masks_are_labels:
         return [None] * len(task.heads)
-    return [IMBALANCE.get(imbalance)(y_train[:, i], len(head.classes), batch_size, torch.Generator()).class_weight
-            for i, head in enumerate(task.heads)]
+    # a negative label: a pseudo-labelled image this head is not sure of (training/pseudo.py)
+    return [IMBALANCE.get(imbalance)(y_train[y_train[:, i] >= 0, i], len(head.classes), batch_size,
+                                     torch.Generator()).class_weight for i, head in enumerate(task.heads)]
