@@ -62,14 +62,14 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None, qu
     try:
         follow_launcher()  # a worker of `--workers N` stops with its launcher
         workers = workers or default_worker_count()
-        pseudo = make_pseudo_labels(run, safe_echo) if pseudo_labels or run.spec.search.pseudo_labels else None
+        made = make_pseudo_labels(run, safe_echo) if pseudo_labels or run.spec.search.pseudo_labels else None
+        pseudo = made.id if made else None
         if workers > 1:
             run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet,
-                        mlflow=mlflow, pseudo=pseudo.id if pseudo else None)
+                        mlflow=mlflow, pseudo=pseudo)
             study = read_study(run)
         else:
-            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow,
-                               pseudo=pseudo.id if pseudo else None)
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow, pseudo=pseudo)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:

@@ -75,9 +75,10 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
     if mlflow:
         callbacks.append(tracking.TrialLog(run, echo))
     waiting = False
-    if count_finished(study) >= trials:  # a study is searched on by raising --trials (what a pseudo search forgets)
-        echo(f"the study holds {count_finished(study)} finished trials, --trials {trials}: nothing to run; "
-             f"--trials {count_finished(study) + 4} runs 4 more")
+    finished = count_finished(study)
+    if finished >= trials:  # a study is searched on by raising --trials (what a pseudo search forgets)
+        echo(f"the study holds {finished} finished trials, --trials {trials}: nothing to run; "
+             f"--trials {finished + 4} runs 4 more")
     while count_finished(study) < trials and not streak.tripped:
         if deadline is not None and out_of_time(study, plan, deadline, echo):
             break

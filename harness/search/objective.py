@@ -111,9 +111,10 @@ class Objective:
         without one keeps training without); none for a trial that learns from masks, which the test
         images do not have."""
         set_id = record.pseudo(trial) or (None if record.enqueued(trial) else self.pseudo)
-        if set_id and cfg.aux_weight > 0:
+        if not set_id:
+            return None
+        if cfg.aux_weight > 0:
             record.set_pseudo(trial, set_id, 0)  # status says it trained on none of them
-        if not set_id or cfg.aux_weight > 0:
             return None
         return load_pseudo_set(self.run.paths.pseudo / set_id)
 

@@ -24,10 +24,11 @@ from ..training.config import TrialConfig
 from ..training.distill import distill_model, save_student
 from ..training.models import classifier_config
 from ..training.predict import predict_from_checkpoint
+from ..training.pseudo import with_test_images
 from ..training.store import DamagedFold, load_trial_config
 from .ensemble import Ensemble, TrialPredictions
 from .shift import correct_label_shift
-from .submission import member_tests, run_ensemble, submitted_record
+from .submission import member_tests, run_ensemble, submitted_record, submitted_weights
 
 
 def make_distilled(run: Run, steps: Optional[int] = None, echo: Callable[[str], None] = print) -> dict:
@@ -46,7 +47,7 @@ def make_distilled(run: Run, steps: Optional[int] = None, echo: Callable[[str], 
     test, _ = correct_label_shift(data.task, run.spec.submission.label_shift, data.y, ens.oof, test, ens.thresholds)
     cfg = _student_config(run, next(p.owner for p in preds if p.number == ens.best_single), steps)
     train_images, test_images = data.images(cfg.image_size, cache=run.paths.cache_dir)
-    model = distill_model(cfg, data.task, np.concatenate([train_images, test_images]),
+    model = distill_model(cfg, data.task, with_test_images(train_images, test_images),
                           np.concatenate([ens.oof, test]))
     student = FoldPaths(run.paths.distilled)  # model.pt where a fold keeps its own: the same loader reads it
     save_student(student.root, model, cfg)
@@ -93,7 +94,7 @@ def distill_lines(record: dict, model_file) -> List[str]:
 
 def _check_submitted(run: Run, ens: Ensemble) -> None:
     """The ensemble chosen now is the one `submit` wrote: distilling another would not be what was submitted."""
-    weights = {int(k): float(v) for k, v in submitted_record(run)["weights"].items()}
+    weights = submitted_weights(submitted_record(run))
     if set(weights) != set(ens.weights) or not all(np.isclose(weights[n], ens.weights[n]) for n in weights):
         raise SpecError(f"the ensemble changed since {run.paths.ensemble_json} was written (trials finished or "
                         "left out): run `harness submit` again first")

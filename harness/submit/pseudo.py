@@ -28,7 +28,7 @@ from ..training.distill import soft_targets
 from ..training.predict import fold_tests
 from ..training.pseudo import NOT_TAKEN, PseudoSet, save_pseudo_set
 from ..training.store import DamagedFold, FoldResult, load_trial_folds, pool_folds
-from .submission import submitted_record
+from .submission import submitted_record, submitted_weights
 
 MIN_TAKEN = 5  # OOF images a cut-off must keep: a precision measured on fewer is luck
 PRIOR_KEPT = 0.8  # a class's share of a fold's training rows, with the set, is at least this of its own
@@ -43,7 +43,7 @@ def make_pseudo_labels(run: Run, echo: Callable[[str], None] = print) -> Optiona
              "`harness submit`, then `harness search --pseudo-labels` again")
         return None
     submitted = submitted_record(run)
-    weights = {int(k): float(v) for k, v in submitted["weights"].items()}
+    weights = submitted_weights(submitted)
     thresholds = submitted.get("thresholds") or {}
     data = prepare_data(run)
     members = _member_folds(run, data, weights)
@@ -57,7 +57,7 @@ def make_pseudo_labels(run: Run, echo: Callable[[str], None] = print) -> Optiona
     record = {"members": {str(n): w for n, w in weights.items()}, "thresholds": thresholds, "precision": precision,
               "test_hash": data.test_hash, "folds_hash": data.folds_hash, "test_images": len(data.samples.test),
               "cutoffs": cutoffs, "taken": taken_counts(labels, data.task)}
-    if not PseudoSet("", labels, record).taken().any():
+    if not PseudoSet("", labels, record).taken.any():
         echo(f"pseudo-labels: none taken, so this search trains on the training images alone: {_why_none(cutoffs)} "
              "(a lower search.pseudo_precision takes more, less surely)")
         return None

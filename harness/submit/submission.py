@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import optuna
@@ -164,13 +164,18 @@ def submitted_record(run: Run) -> dict:
         record = json.loads(run.paths.ensemble_json.read_bytes())
         whole = isinstance(record, dict) and isinstance(record.get("weights"), dict) and bool(record["weights"])
         if whole:
-            [(int(k), float(v)) for k, v in record["weights"].items()]  # trial numbers and weights, or ValueError
+            submitted_weights(record)  # trial numbers and weights, or ValueError
     except (OSError, ValueError, TypeError):  # cut off, not text, or weights that are not numbers
         whole = False
     if not whole:
         raise SpecError(f"{run.paths.ensemble_json}: damaged, not the ensemble submit wrote: run `harness submit` "
                         "again")
     return record
+
+
+def submitted_weights(record: dict) -> Dict[int, float]:
+    """Trial number → weight of the members of a `submitted_record`."""
+    return {int(k): float(v) for k, v in record["weights"].items()}
 
 
 def ensemble_record(ens: Ensemble, run: Run) -> dict:

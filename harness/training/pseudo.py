@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,7 @@ class PseudoSet:
     record: dict  # pseudo.json: how it was made, and what it holds
     soft: Optional[np.ndarray] = None  # folds × n_test × ΣC: the ensemble's probabilities, as targets
 
+    @cached_property
     def taken(self) -> np.ndarray:
         """folds × n_test: whether fold k trains on test image i (on some of its pixels, for masks)."""
         if self.labels.ndim == 4:
@@ -45,12 +47,12 @@ class PseudoSet:
 
     def rows(self, k: int) -> np.ndarray:
         """The test images fold `k` trains on."""
-        return np.flatnonzero(self.taken()[k])
+        return np.flatnonzero(self.taken[k])
 
     @property
     def images(self) -> int:
         """Test images a fold trains on, on average over the folds."""
-        return int(round(float(self.taken().sum(1).mean())))
+        return int(round(float(self.taken.sum(1).mean())))
 
 
 def fold_data(images: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, pseudo: Optional[PseudoSet] = None,
@@ -63,7 +65,7 @@ def fold_data(images: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, pseud
         return FoldData(images, y, train_idx, val_idx, aux_masks)
     labels, rows = pseudo.labels[k], pseudo.rows(k)
     if labels.ndim == 2:  # the images not taken are never trained on: a valid class keeps class counts in range
-        labels = np.where(pseudo.taken()[k][:, None], labels, 0)
+        labels = np.where(pseudo.taken[k][:, None], labels, 0)
     y_all = np.concatenate([y, labels.astype(y.dtype)])
     soft = None
     if pseudo.soft is not None:  # the rows with labels have none
