@@ -4,9 +4,13 @@
         --competition competitions/faces-multihead --competition competitions/neg-pos --fixed
 
 Each competition's spec is run as shipped (only the deadline and, if given, --data-root), in a
-fresh run dir, alone. Prints one JSON object; per competition: the plan's line and rungs, the
-recipe trial's CV, the best CV (and its budget), the ensemble's OOF score, trials complete / pruned
-/ cut, complete trials per rung, and the wall-clock against the deadline. With `--fixed`, the same
+fresh run dir, alone, as a user runs it: `python -m harness search … --timeout S --quiet` in a
+subprocess, timed from outside (`wall_s`: the whole command, Python's start included). Prints one
+JSON object; per competition: the plan's line, rungs, folds a rung, floor, image sizes and
+backbones, the recipe trial's CV, the best CV (and its budget), the ensemble's OOF score, trials
+complete (all folds) / ranked on fewer folds / pruned / cut, complete trials per rung, the fewest
+steps any complete trial trained (`min_steps`, against the floor), and the wall-clock against the
+deadline. With `--fixed`, the same
 for today's fixed-step search at equal wall-clock: the spec's steps as written, no plan, the
 deadline cutting the trial in flight; when the recipe trial alone would take longer than the
 deadline (its time estimated from the measured speed), the figure is that estimate and no search
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,29 +42,48 @@ EVERY_TRIAL = 10 ** 6  # the deadline ends the search, not a trial count
 
 def search_figures(competition: str, run_dir: Path, timeout: float, data_root: Optional[str], fixed: bool) -> dict:
     run = open_run(competition, data_root=data_root, run_dir=str(run_dir))
-    log: List[str] = []
     start = time.perf_counter()
-    if fixed:
-        prepare_search(run, log.append)  # the study made without a deadline: no plan, the spec's steps
-    study = run_search(run, trials=EVERY_TRIAL, timeout=timeout - (time.perf_counter() - start), echo=log.append,
-                       quiet=True)
+    if fixed:  # the study made without a deadline: no plan, the spec's steps; in this process
+        log: List[str] = []
+        prepare_search(run, log.append)
+        study = run_search(run, trials=EVERY_TRIAL, timeout=timeout - (time.perf_counter() - start), echo=log.append,
+                           quiet=True)
+        text = "\n".join(log)
+    else:  # as a user runs it: the whole command timed from outside
+        cmd = [sys.executable, "-m", "harness", "search", competition, "--run-dir", str(run_dir), "--trials",
+               str(EVERY_TRIAL), "--timeout", f"{timeout:g}", "--quiet"] + (["--data-root", data_root] if data_root else [])
+        text = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+        study = None
     wall = time.perf_counter() - start
-    (run_dir / "search.log").write_text("\n".join(log) + "\n")
+    (run_dir / "search.log").write_text(text + "\n")
+    if study is None:
+        from harness.search.storage import read_study
+        study = read_study(run)
+    k = run.spec.folds
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = record.whole_complete(study, k)
+    ranked = [t for t in trials if t.state == TrialState.COMPLETE and not record.whole(t, k)]
     recipe = next((t for t in complete if record.recipe(t)), None)
-    best = max(complete, key=lambda t: t.value if study.direction.name == "MAXIMIZE" else -t.value, default=None)
+    best = record.best_whole(study, k)
     plan = record.plan(study)
     budgets = sorted({record.budget(t) for t in complete if record.budget(t)})
     out = {"competition": run.spec.name, "metric": run.spec.metric, "timeout": timeout,
            "wall_s": round(wall, 1), "wall_over_timeout": round(wall / timeout, 3),
            "plan": plan["line"] if plan else None, "rungs": plan["rungs"] if plan else None,
-           "complete": len(complete), "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+           "rung_folds": plan.get("folds") if plan else None, "floor": plan.get("floor") if plan else None,
+           "image_sizes": plan.get("image_sizes") if plan else None, "backbones": plan.get("backbones") if plan else None,
+           "pace": plan.get("pace") if plan else None,
+           "complete": len(complete), "ranked_on_fewer_folds": len(ranked),
+           "pruned": sum(t.state == TrialState.PRUNED for t in trials),
            "cut": sum(record.interrupted(t) for t in trials),
+           "min_steps": min((record.budget(t) or 0 for t in complete + ranked), default=None),
            "complete_per_budget": {b: sum(record.budget(t) == b for t in complete) for b in budgets},
            "recipe_cv": round(recipe.value, 4) if recipe else None,
            "best_cv": round(best.value, 4) if best else None,
-           "best_budget": record.budget(best) if best else None, "best_trial": best.number if best else None}
+           "best_budget": record.budget(best) if best else None, "best_trial": best.number if best else None,
+           "best_params": best.params if best else None,
+           "lines": [line for line in text.splitlines() if line.startswith(("plan", "pace", "deadline", "trial ",
+                                                                              "the next", "Error"))][-40:]}
     if complete:
         _, _, preds, ens = run_ensemble(run, echo=lambda line: None)
         out.update(ensemble_cv=round(ens.score, 4), ensemble_members=sorted(ens.weights),

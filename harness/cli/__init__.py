@@ -6,8 +6,11 @@ Each command lives in the module that needs it and is imported when it runs (cli
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import Dict, List, Optional
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import click
 
@@ -33,8 +36,36 @@ SHORT_HELP: Dict[str, str] = {
 }
 
 
+FRESH = 10.0  # seconds: a process that started longer before its command is a long-lived one (a test, a notebook)
+_started: Optional[float] = None
+
+
+def command_started() -> float:
+    """When the running command started (a time.time()): its process's start where that was moments
+    before the command (run from a shell: Python's own start-up counts against a deadline), else the
+    command's own start."""
+    return _started if _started is not None else time.time()
+
+
+def process_started() -> Optional[float]:
+    """When this process started, from /proc (None where the system does not say)."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: the start, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported by name, on use (click's documented lazy-loading pattern)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        global _started
+        now, process = time.time(), process_started()
+        _started = process if process is not None and now - FRESH <= process <= now else now
+        return super().main(*args, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted(COMMANDS)

@@ -5,13 +5,12 @@ import sys
 from pathlib import Path
 
 import click
-from optuna.trial import TrialState
 
 from ..config.paths import Run
 from ..data.prepare import prepare_data
 from ..errors import shown_url
 from ..preflight import check_run, open_run
-from ..search import budget
+from ..search import budget, record
 from ..search.launch import default_worker_count, follow_launcher, run_workers, safe_echo
 from ..search.loop import run_search
 from ..search.storage import count_finished, read_study
@@ -21,6 +20,7 @@ from ..submit.distill import make_distilled
 from ..submit.predict import predict_images
 from ..submit.pseudo import make_pseudo_labels
 from ..submit.report import data_summary
+from . import command_started
 from .options import run_options
 
 
@@ -61,21 +61,23 @@ def search(run: Run, trials: int, timeout: float | None, workers: int | None, qu
     """Search until the study holds --trials finished trials."""
     try:
         follow_launcher()  # a worker of `--workers N` stops with its launcher
+        started = command_started()  # the deadline is the user's: it counts from the command's start
         workers = workers or default_worker_count()
         made = make_pseudo_labels(run, safe_echo) if pseudo_labels or run.spec.search.pseudo_labels else None
         pseudo = made.id if made else None
         if workers > 1:
             run_workers(run, str(run.spec.folder), trials, workers, timeout, echo=safe_echo, quiet=quiet,
-                        mlflow=mlflow, pseudo=pseudo)
+                        mlflow=mlflow, pseudo=pseudo, started=started)
             study = read_study(run)
         else:
-            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow, pseudo=pseudo)
+            study = run_search(run, trials, timeout, echo=safe_echo, quiet=quiet, mlflow=mlflow, pseudo=pseudo,
+                               started=started)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
         safe_echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
-    best = study.best_trial if count_finished(study) and _has_complete(study) else None
+    best = record.best_whole(study, run.spec.folds)
     safe_echo(f"{count_finished(study)} finished trials in {shown_url(run.storage_url)}"
               + (f"; best #{best.number}: {run.spec.metric} {best.value:.4f}" if best else ""))
 
@@ -116,6 +118,3 @@ def distill(run: Run, steps: int | None) -> None:
     """Train one model on the training and test images to match the submitted ensemble, for fast `predict`."""
     make_distilled(run, steps, echo=click.echo)
 
-
-def _has_complete(study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -21,7 +21,7 @@ from . import record
 from .plan import Plan
 
 # what the terminal's table leaves out of a record (the csv and json keep them)
-DETAIL = ("started", "finished", "host", "pid", "images_trained", "timing", "recipe", "retry_of",
+DETAIL = ("folds_run", "partial_score", "started", "finished", "host", "pid", "images_trained", "timing", "recipe", "retry_of",
           "promoted_from", "reused_folds", "pseudo", "pseudo_images")
 
 
@@ -48,17 +48,37 @@ def trial_seconds(trial: FrozenTrial, now: Optional[float] = None) -> Optional[f
     return None
 
 
-def trial_note(trial: FrozenTrial, source: Optional[FrozenTrial] = None) -> str:
+def trial_note(trial: FrozenTrial, source: Optional[FrozenTrial] = None, k: Optional[int] = None) -> str:
     """Why it failed or was pruned, and what it stands for, each part after a `; `. A retry made
-    before retries kept their recipe reads it from `source`, the trial it ran again."""
+    before retries kept their recipe reads it from `source`, the trial it ran again; `k`: the study's
+    folds, when known."""
     label = record.recipe(trial) or (record.recipe(source) if source is not None else None)
     parts = [record.fail_reason(trial) or record.pruned_reason(trial),
              f"recipe {label}" if label else "",
-             f"retry of #{record.artifact_owner(trial)}" if record.artifact_owner(trial) != trial.number else "",
+             f"retry of #{record.artifact_owner(trial)}" if _retry(trial) else "",
+             f"folds of #{record.artifact_owner(trial)} read back" if record.REUSES in trial.user_attrs else "",
+             partial_note(trial, k),
              f"promoted from #{record.promoted_from(trial)}" if record.promoted_from(trial) is not None else "",
              pseudo_note(trial),
              f"reused folds {record.reused_folds(trial)}" if record.reused_folds(trial) else ""]
     return "; ".join(p for p in parts if p)
+
+
+def _retry(trial: FrozenTrial) -> bool:
+    """A retry (of a trial cut short, or of damaged folds), not a promotion that reads its source's folds."""
+    return record.RETRY_OF in trial.user_attrs or (
+        record.REUSES not in trial.user_attrs and record.artifact_owner(trial) != trial.number)
+
+
+def partial_note(trial: FrozenTrial, k: Optional[int] = None) -> str:
+    """A trial of a planned search's lowest rung: trained on a few folds, ranked within its rung, no CV."""
+    n = record.folds_run(trial)
+    if n is None:
+        return ""
+    folds = f"{n} of {k} folds" if k else f"{n} folds"
+    if trial.state != TrialState.COMPLETE:
+        return folds
+    return f"{folds}: {trial.value:.4f} ranks it within its rung; not a CV"
 
 
 def pseudo_note(trial: FrozenTrial) -> str:
@@ -74,12 +94,13 @@ def trial_records(study: optuna.Study, paths: Optional[RunPaths] = None) -> List
     """One dict per trial, numbers as numbers at full precision, lists as lists, in trial order."""
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
+    k = ((record.plan(study) or {}).get("shape") or {}).get("folds")
     now = time.time()
     rows = []
     for t in trials:
         attrs = t.user_attrs
         row = {"trial": t.number, "state": state_name(t),
-               "cv": t.value if t.state == TrialState.COMPLETE else None,
+               "cv": t.value if t.state == TrialState.COMPLETE and record.folds_run(t) is None else None,
                **{f"cv.{h}": v for h, v in record.head_scores(t).items()},
                "folds": list(record.fold_scores(t)), **t.params}
         if "steps" not in t.params and record.budget(t):  # a planned search's rung
@@ -87,12 +108,15 @@ def trial_records(study: optuna.Study, paths: Optional[RunPaths] = None) -> List
         row.update({"seconds": trial_seconds(t, now), "busy": record.busy(t)})
         if paths is not None:
             row["folder"] = trial_folder(paths, t)
-        row["note"] = trial_note(t, by_number.get(attrs.get(record.RETRY_SOURCE)))
+        row["note"] = trial_note(t, by_number.get(attrs.get(record.RETRY_SOURCE)), k)
         row.update({"started": _iso(t.datetime_start), "finished": _iso(t.datetime_complete),
                     "host": attrs.get(record.HOST), "pid": attrs.get(record.PID),
                     "images_trained": attrs.get(record.IMAGES_TRAINED), "timing": attrs.get(record.TIMING),
                     "recipe": record.recipe(t), "retry_of": attrs.get(record.RETRY_OF),
                     "promoted_from": record.promoted_from(t), "reused_folds": list(record.reused_folds(t)),
+                    "folds_run": record.folds_run(t),
+                    "partial_score": t.value if record.folds_run(t) is not None and t.state == TrialState.COMPLETE
+                    else None,
                     "pseudo": record.pseudo(t), "pseudo_images": attrs.get(record.PSEUDO_IMAGES)})
         rows.append(row)
     return rows
@@ -155,8 +179,11 @@ def status_lines(study: optuna.Study, paths: RunPaths) -> List[str]:
     if kept is not None:
         plan = Plan.from_dict(kept)
         trials: List[FrozenTrial] = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        k = int(plan.shape.get("folds", 0)) or None
         lines += [plan.line, "rungs: " + ", ".join(
-            f"{sum(record.budget(t) == r for t in trials)} complete at {r} steps" for r in plan.rungs)]
+            f"{sum(plan.rung(record.budget(t) or -1, record.folds_run(t) or k) == r for t in trials)} complete at "
+            f"{steps} steps" + (f" on {plan.folds[r]} folds" if k and plan.folds and plan.folds[r] < k else "")
+            for r, steps in enumerate(plan.rungs))]
     deadline = record.deadline(study)
     if deadline is not None:
         left = deadline - time.time()

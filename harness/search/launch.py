@@ -103,12 +103,13 @@ def worker_command(run: Run, competition: str, trials: int, timeout: Optional[fl
 
 def run_workers(run: Run, competition: str, trials: int, workers: int, timeout: Optional[float] = None,
                 echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False,
-                pseudo: Optional[str] = None) -> None:
+                pseudo: Optional[str] = None, started: Optional[float] = None) -> None:
     """Prepare the study once, then run `workers` worker processes on it until it holds `trials`
     finished trials; their output is relayed, each line tagged with its worker. Raises SearchStopped
     naming the first worker that stopped with an error. `pseudo`: the pseudo-label set new trials
-    train on (each worker makes the same one again from the submitted ensemble)."""
-    deadline = None if timeout is None else time.time() + timeout
+    train on (each worker makes the same one again from the submitted ensemble); `started`: when the
+    deadline's seconds count from (a time.time(); now when None)."""
+    deadline = None if timeout is None else (started or time.time()) + timeout
     mlflow = check_installed(run, mlflow)  # said once, here, not by each worker
     prepare_search(run, echo, deadline, timeout, mlflow, pseudo)
     envs = worker_environments(workers, storage=run.storage_url)

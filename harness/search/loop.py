@@ -31,10 +31,11 @@ from ..files import remove_leftovers
 from ..training.device import use_cpu_share
 from ..training.pseudo import load_pseudo_set
 from ..training.weights import check_trainable
-from .budget import deadline_summary, out_of_time, plan_search, promote
-from .objective import Objective
+from .budget import check_pace, deadline_summary, out_of_time, plan_search
+from .objective import Objective, Outcome
 from .plan import Plan
 from .progress import SearchClock
+from .schedulers import SCHEDULER
 from .space import enqueue_pseudo_members, enqueue_recipes
 from .storage import FINISHED, backup_sqlite, connect, count_finished
 from .study import check_fingerprint, open_study, retry_damaged, retry_interrupted
@@ -47,21 +48,23 @@ Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 def run_search(run: Run, trials: int, timeout: Optional[float] = None,
                echo: Callable[[str], None] = print, quiet: bool = False, mlflow: bool = False,
-               pseudo: Optional[str] = None) -> optuna.Study:
-    """Run until the study holds `trials` finished trials (or `timeout` seconds pass); `quiet`:
-    a line per trial, none per fold; `mlflow`: log each finished trial to <run-dir>/mlruns
-    (`tracking.py`; remembered for the run dir); `pseudo`: the id of the pseudo-label set new
-    trials also train on (`submit.make_pseudo_labels`), the ensemble's members first."""
+               pseudo: Optional[str] = None, started: Optional[float] = None) -> optuna.Study:
+    """Run until the study holds `trials` finished trials (or `timeout` seconds pass, counted from
+    `started`, a time.time(): the command's start, else now); `quiet`: a line per trial, none per
+    fold; `mlflow`: log each finished trial to <run-dir>/mlruns (`tracking.py`; remembered for the
+    run dir); `pseudo`: the id of the pseudo-label set new trials also train on
+    (`submit.make_pseudo_labels`), the ensemble's members first."""
     use_cpu_share()
     with _interrupts_between_storage_calls():
-        return _search(run, trials, timeout, echo, quiet, mlflow, pseudo)
+        return _search(run, trials, timeout, echo, quiet, mlflow, pseudo, started)
 
 
 def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str], None],
-            quiet: bool, mlflow: bool, pseudo: Optional[str]) -> optuna.Study:
+            quiet: bool, mlflow: bool, pseudo: Optional[str], started: Optional[float]) -> optuna.Study:
     """`run_search`'s loop: a trial at a time while a slot of the `trials` is free, and, with a
-    deadline, while the next one fits in the time left (promotions first: `budget.promote`)."""
-    deadline = time.time() + timeout if timeout else None
+    deadline, while the next one fits in the time left (what the scheduler enqueues first:
+    `schedulers.SCHEDULER`, successive halving)."""
+    deadline = (started or time.time()) + timeout if timeout else None
     mlflow = tracking.check_installed(run, mlflow)  # a missing package is said before any training
     data, study, storage, plan = prepare_search(run, echo, deadline, timeout, mlflow, pseudo)
     if deadline is not None:
@@ -84,11 +87,11 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
             break
         if plan is not None:
             with slots.lock():
-                line = promote(study, plan, None if deadline is None else deadline - time.time())
+                line = SCHEDULER.enqueue_next(study, plan, None if deadline is None else deadline - time.time())
             if line:
                 echo(line)
         try:
-            _next_trial(slots, objective, callbacks)
+            finished, outcome = _next_trial(slots, objective, callbacks)
         except NoSlot:
             if count_finished(study) >= trials:  # the other workers finished the last ones meanwhile
                 break
@@ -98,54 +101,57 @@ def _search(run: Run, trials: int, timeout: Optional[float], echo: Callable[[str
             _wait_for_others(slots, run, echo)
             continue
         except Exception as err:
-            if objective.fault is None and not is_machine_fault(err):
+            if not is_machine_fault(err):
                 raise
-            raise SearchStopped(objective.fault or fault_line(err, run.storage_url)) from None
-        if objective.fault is not None:  # the trial was told FAIL and marked interrupted: stop
-            raise SearchStopped(objective.fault)
-        if objective.cut is not None:
-            echo(objective.cut)
+            raise SearchStopped(fault_line(err, run.storage_url)) from None
+        if outcome.fault is not None:  # the trial was told FAIL and marked interrupted: stop
+            raise SearchStopped(outcome.fault)
+        if outcome.cut is not None:
+            echo(outcome.cut)
             break
+        if plan is not None and finished.state == TrialState.COMPLETE:
+            plan, line = check_pace(run, data, study, plan, finished)
+            objective.plan = plan
+            if line:
+                echo(line)
     if deadline is not None:
-        echo(deadline_summary(study, trials, timeout, deadline))
+        echo(deadline_summary(study, trials, timeout, deadline, run.spec.folds))
     storage.remove_session()  # as `Study.optimize` ends
     if streak.tripped:
         raise SearchStopped(f"{MAX_FAILURES_IN_A_ROW} trials failed in a row, stopping; last: {streak.reason}")
     return study
 
 
-def _next_trial(slots: TrialSlots, objective: Objective, callbacks: List[Callback]) -> None:
+def _next_trial(slots: TrialSlots, objective: Objective, callbacks: List[Callback]) -> Tuple[FrozenTrial, Outcome]:
     """Claim a slot (`NoSlot` when none is free), run the objective in it, tell its end, then the
     callbacks (as `Study.optimize(..., catch=(Exception,), gc_after_trial=True)` does)."""
     try:
-        finished = _run_trial(slots, objective)
+        finished, outcome = _run_trial(slots, objective)
     finally:
         gc.collect()
     for callback in callbacks:
         callback(slots.study, finished)
+    return finished, outcome
 
 
-def _run_trial(slots: TrialSlots, objective: Objective) -> FrozenTrial:
-    """One trial, asked for and told: its value (COMPLETE, or FAIL if not a number), PRUNED, or FAIL
-    when the objective raised; Ctrl-C is raised again once the trial is told FAIL (the objective
-    marked it interrupted: it runs again next time)."""
+def _run_trial(slots: TrialSlots, objective: Objective) -> Tuple[FrozenTrial, Outcome]:
+    """One trial, asked for and told: its value (COMPLETE, or FAIL if not a number), PRUNED, or FAIL;
+    Ctrl-C is raised again once the trial is told FAIL (the objective marked it interrupted: it runs
+    again next time)."""
     trial = slots.claim()
-    value, state, stop = None, None, None
+    outcome, stop = Outcome(TrialState.FAIL), None
     with slots.heartbeat(trial):
         try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except Exception:  # noqa: BLE001 - the trial fails alone; its reason is on the trial
-            state = TrialState.FAIL
+            outcome = objective(trial)
         except KeyboardInterrupt as interrupt:
-            state, stop = TrialState.FAIL, interrupt
+            stop = interrupt
+    value = outcome.value if outcome.state == TrialState.COMPLETE else None
     with warnings.catch_warnings():  # a value that is not a number fails the trial: the streak says so
         warnings.simplefilter("ignore", UserWarning)
-        finished = slots.study.tell(trial, value, state=state)
+        finished = slots.study.tell(trial, value, state=None if value is not None else outcome.state)
     if stop is not None:
         raise stop
-    return finished
+    return finished, outcome
 
 
 def prepare_search(run: Run, echo: Callable[[str], None] = print, deadline: Optional[float] = None,

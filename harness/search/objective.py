@@ -11,7 +11,7 @@ import gc
 import json
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -36,8 +36,18 @@ from .pruners import PRUNERS, BudgetPeers, fold_step, progress_step
 from .space import suggest_config
 
 
+@dataclass
+class Outcome:
+    """How a trial ended, for the loop to tell the study and to act on."""
+
+    state: TrialState
+    value: Optional[float] = None  # COMPLETE: the OOF score (over its folds' rows, for a trial of a few folds)
+    cut: Optional[str] = None  # the deadline cut it, in one line: the search stops
+    fault: Optional[str] = None  # a fault of the machine stopped it, in one line: the search stops
+
+
 class Objective:
-    """One trial: every fold fitted (or read back), reported for pruning; returns the OOF CV score."""
+    """One trial: every fold fitted (or read back), reported for pruning; its `Outcome`."""
 
     def __init__(self, run: Run, data: SearchData, echo: Callable[[str], None] = print, quiet: bool = False,
                  plan: Optional[Plan] = None, stop_at: Optional[float] = None,
@@ -47,14 +57,12 @@ class Objective:
         self.search_clock = search_clock  # the search's position and time left, for the progress line
         self.plan, self.stop_at = plan, stop_at  # budgets planned for a deadline; the deadline (time.time())
         self.per_eval = PRUNERS.get(run.spec.search.pruner).per_eval
-        self.fault: Optional[str] = None  # a fault of the machine that stopped the search, in one line
-        self.cut: Optional[str] = None  # the trial the deadline cut, in one line
         self._folds_done = 0
         self._joined: Optional[tuple] = None  # (training images, them followed by the test images)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> Outcome:
+        """Run the trial; its outcome (Ctrl-C is raised, once the trial is marked interrupted)."""
         record.mark_process(trial)
-        self.cut = None
         start = time.time()
         clock = PhaseClock(device())  # the trial's seconds by phase, whatever its end
         owner = trial.number  # until the storage says whose folds a retry reuses
@@ -64,34 +72,29 @@ class Objective:
             if pseudo is not None:
                 cfg = replace(cfg, pseudo=pseudo.id)
                 record.set_pseudo(trial, pseudo.id, pseudo.images)
-            if self.plan is not None and record.budget(trial) is None:
-                record.set_budget(trial, cfg.steps)  # a new trial: the lowest rung
+            if self.plan is not None and record.budget(trial) is None:  # a new trial: the lowest rung
+                lowest = self.plan.folds_at(0, self.run.spec.folds)
+                record.set_budget(trial, cfg.steps, lowest if lowest < self.run.spec.folds else None)
             owner = record.running_owner(trial)
             record.set_artifacts(trial, owner)
             write_file(self.run.paths.trial_config(owner), json.dumps(asdict(cfg), indent=1, default=str))
             results = self._fit_folds(trial, cfg, owner, clock, pseudo)
-            oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
-            cv = self.data.task.score(self.data.y, oof)
-            self._write_oof_csv(owner, oof)
-            if len(self.data.task.heads) > 1:
-                record.set_head_scores(trial, self.data.task.head_scores(self.data.y, oof))
-            return cv
+            return Outcome(TrialState.COMPLETE, self._score(trial, owner, results))
         except optuna.TrialPruned:
-            raise
+            return Outcome(TrialState.PRUNED)
         except DeadlineReached:
-            done = self._folds_done
-            self.cut = (f"trial {trial.number} cut at the deadline after {done} of {self.run.spec.folds} folds: "
-                        "they are kept, and the next `harness search` runs it again with the same parameters")
             record.mark_interrupted(trial, "cut at the deadline")
-            raise
+            return Outcome(TrialState.FAIL, cut=(
+                f"trial {trial.number} cut at the deadline after {self._folds_done} of {self._folds(trial)} folds: "
+                "they are kept, and the next `harness search` runs it again with the same parameters"))
         except KeyboardInterrupt:
             record.mark_interrupted(trial, "Ctrl-C")
             raise
         except Exception as err:
             if is_machine_fault(err):  # not the trial's fault: stop, and run it again next time
-                self.fault = fault_line(err, self.run.storage_url, str(self.run.paths.trial_dir(owner)))
-                _quietly(record.mark_interrupted, trial, self.fault)  # the loop stops on `fault`
-                raise
+                fault = fault_line(err, self.run.storage_url, str(self.run.paths.trial_dir(owner)))
+                _quietly(record.mark_interrupted, trial, fault)
+                return Outcome(TrialState.FAIL, fault=fault)
             reason = (f"{type(err).__name__}: {err}".splitlines() or [""])[0][:500]
             error_file = self.run.paths.trial_error(owner)
             try:
@@ -99,11 +102,25 @@ class Objective:
                 reason += f" (traceback: {error_file})"
             except OSError:  # a full disk, say: the reason still reaches the study
                 pass
-            record.set_fail_reason(trial, reason)
-            raise
+            _quietly(record.set_fail_reason, trial, reason)
+            return Outcome(TrialState.FAIL)
         finally:
             _quietly(_record_time, trial, clock, time.time() - start)
             _release_memory()
+
+    def _folds(self, trial: optuna.Trial) -> int:
+        """The folds the trial trains: the first few on a planned search's lowest rung, else all."""
+        return record.folds_run(trial) or self.run.spec.folds
+
+    def _score(self, trial: optuna.Trial, owner: int, results: List[FoldResult]) -> float:
+        """The OOF score over the rows of the trial's folds (all rows: its CV), written to oof.csv."""
+        oof, _ = pool_folds(results, len(self.data.fold), self.data.task)
+        rows = np.sort(np.concatenate([r.val_index for r in results]))
+        y, oof = self.data.y[rows], oof[rows]
+        self._write_oof_csv(owner, rows, oof)
+        if len(self.data.task.heads) > 1:
+            record.set_head_scores(trial, self.data.task.head_scores(y, oof))
+        return self.data.task.score(y, oof)
 
     def _pseudo_set(self, trial: optuna.Trial, cfg: TrialConfig) -> Optional[PseudoSet]:
         """The pseudo-label set the trial trains on: the one it was enqueued with (a member run again, a
@@ -128,16 +145,17 @@ class Objective:
             aux_masks = self.data.aux_masks(cfg.image_size, self.run.paths.cache_dir) if cfg.aux_weight else None
         results: List[FoldResult] = []
         self._folds_done = 0
-        for k in range(self.run.spec.folds):
+        n = self._folds(trial)
+        for k in range(n):
             out = self.run.paths.fold(owner, k)
-            prefix = f"  trial {trial.number} fold {k + 1}/{self.run.spec.folds}"
+            prefix = f"  trial {trial.number} fold {k + 1}/{n}" + (f" (of {self.run.spec.folds})" if n < self.run.spec.folds else "")
             try:
                 result = load_fold(out, cfg.digest())
             except DamagedFold as err:  # said even when quiet: a file went bad on this disk
                 self.echo(f"{prefix}: {err.line(self.run.paths.root)}: training it again")
                 result = None
             if result is None:
-                progress = None if self.quiet else self._progress(prefix, cfg, k)
+                progress = None if self.quiet else self._progress(prefix, cfg, k, n)
                 try:
                     data = fold_data(images, self.data.y, fold, k, pseudo, aux_masks)
                     if self.stop_at is not None and time.time() >= self.stop_at:
@@ -155,7 +173,7 @@ class Objective:
                     " (reused from disk)" if result.reused else
                     f" (weights of step {result.kept_step}, {result.seconds:.0f} s)"))
             record.set_folds(trial, [r.score for r in results], [r.fold for r in results if r.reused])
-            self._report_fold(trial, results)
+            self._report_fold(trial, results, n)
         return results
 
     def _with_test_images(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -165,16 +183,17 @@ class Objective:
             self._joined = (train, with_test_images(train, test))
         return self._joined[1]
 
-    def _progress(self, prefix: str, cfg: TrialConfig, k: int) -> FoldProgress:
+    def _progress(self, prefix: str, cfg: TrialConfig, k: int, n: int) -> FoldProgress:
         views = len(tta_views(cfg.orientation)) if cfg.tta else 1
         return FoldProgress(self.echo, prefix, cfg.steps, cfg.metric, eval_points(cfg.steps, cfg.evals), views,
-                            k, self.run.spec.folds, self.search_clock)
+                            k, n, self.search_clock)
 
-    def _write_oof_csv(self, owner: int, oof: np.ndarray) -> None:
-        """oof.csv beside the folds: id (the image as listed), fold, and the task's columns."""
-        frame = self.data.task.oof_frame(self.data.y, oof)
-        frame.insert(0, "id", self.data.samples.train["listed"].to_numpy())
-        frame.insert(1, "fold", self.data.fold)
+    def _write_oof_csv(self, owner: int, rows: np.ndarray, oof: np.ndarray) -> None:
+        """oof.csv beside the folds: id (the image as listed), fold, and the task's columns, for the
+        rows of the trial's folds (all rows, but on a planned search's lowest rung)."""
+        frame = self.data.task.oof_frame(self.data.y[rows], oof)
+        frame.insert(0, "id", self.data.samples.train["listed"].to_numpy()[rows])
+        frame.insert(1, "fold", self.data.fold[rows])
         write_file(self.run.paths.trial_oof_csv(owner), frame.to_csv(index=False))
 
     def _eval_reporter(self, trial: optuna.Trial, cfg: TrialConfig, k: int,
@@ -197,19 +216,19 @@ class Objective:
                 self._prune(trial, where, score, step)
         return report
 
-    def _report_fold(self, trial: optuna.Trial, results: List[FoldResult]) -> None:
+    def _report_fold(self, trial: optuna.Trial, results: List[FoldResult], n: int) -> None:
         scores = [r.score for r in results]
         if self.per_eval:
             step, value = fold_step(len(results)), float(np.nanmean(scores))
         else:
             step, value = len(results) - 1, scores[-1]
         trial.report(value, step)
-        if len(results) < self.run.spec.folds and _prunable(trial) and trial.should_prune():
-            self._prune(trial, f"after fold {len(results)} of {self.run.spec.folds}", value, step)
+        if len(results) < n and _prunable(trial) and trial.should_prune():
+            self._prune(trial, f"after fold {len(results)} of {n}", value, step)
 
     def _prune(self, trial: optuna.Trial, where: str, value: float, step: int) -> None:
         """Stop the trial, saying at what progress and against what (stored as `pruned`, shown by status)."""
-        peers = BudgetPeers(trial.study, record.budget(trial))  # as the pruner compared it: at its budget
+        peers = BudgetPeers(trial.study, record.budget(trial), record.folds_run(trial))  # as the pruner compared it
         reason = f"pruned {where}: {self.run.spec.metric} {value:.4f}" + against(peers, trial.number, step)
         record.set_pruned(trial, reason)
         raise optuna.TrialPruned(reason)

@@ -8,7 +8,7 @@ only each fold's score (at the fold's index). No trial is pruned before `search.
 from scratch, learning curves stay flat for the first part of training.
 
 Whatever the pruner, the study's (`study_pruner`) compares a trial only with trials of its budget
-(optimizer steps a fold: a rung of a planned search, or the drawn `steps`), and never decides on a
+(optimizer steps a fold: a rung of a planned search, or the drawn `steps`; and the folds it trains), and never decides on a
 single validation: a trial is cut at a validation of its first fold only when the pruner would have
 cut it at the validation before as well. (A whole fold's score is not one validation point.)
 """
@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..registry import Registry
-from .record import budget
+from .record import budget, folds_run
 
 if TYPE_CHECKING:
     from ..config.spec import SearchSpace
@@ -73,7 +73,7 @@ class EqualBudget(optuna.pruners.BasePruner):
         self.inner, self.validations = inner, validations
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        peers = BudgetPeers(study, budget(trial))
+        peers = BudgetPeers(study, budget(trial), folds_run(trial))
         if not self.inner.prune(peers, trial):
             return False
         steps = sorted(trial.intermediate_values)
@@ -87,15 +87,18 @@ class EqualBudget(optuna.pruners.BasePruner):
 
 
 class BudgetPeers:
-    """A study as a pruner sees it, holding only the trials of one budget (all of them when the
-    budget is unknown); the rest of the study's interface is the study's."""
+    """A study as a pruner sees it, holding only the trials of one budget: steps a fold, and folds
+    (a planned search's lowest rung trains a few; all of them when the budget is unknown); the rest
+    of the study's interface is the study's."""
 
-    def __init__(self, study: optuna.Study, steps: Optional[int]) -> None:
-        self._study, self._steps = study, steps
+    def __init__(self, study: optuna.Study, steps: Optional[int], folds: Optional[int] = None) -> None:
+        self._study, self._steps, self._folds = study, steps, folds
 
     def get_trials(self, deepcopy: bool = True, states=None) -> List[FrozenTrial]:
         trials = self._study.get_trials(deepcopy=deepcopy, states=states)
-        return trials if self._steps is None else [t for t in trials if budget(t) == self._steps]
+        if self._steps is None:
+            return trials
+        return [t for t in trials if budget(t) == self._steps and folds_run(t) == self._folds]
 
     @property
     def trials(self) -> List[FrozenTrial]:

@@ -34,11 +34,14 @@ RETRY_OF = "retry_of"  # a retry: the trial whose folder (and finished folds) it
 RETRY_SOURCE = "retry_source"  # a retry: the trial it runs again (each is retried once)
 BUDGET = "budget"  # a planned search (`budget.py`): the trial's optimizer steps a fold, its rung's
 PROMOTED_FROM = "promoted_from"  # a trial run again at the next rung's budget: the one it was promoted from
+FOLDS_RUN = "folds_run"  # a planned search's lower rung: the trial trains the first N folds only (no CV); absent: all
+REUSES = "reuses"  # a promotion to all folds at the same steps: the trial whose folder (and folds) it trains in
 PSEUDO = "pseudo"  # the pseudo-label set its folds also trained on (training/pseudo.py)
 PSEUDO_IMAGES = "pseudo_images"  # the test images a fold of it trained on, on average
 PSEUDO_OF = "pseudo_of"  # an ensemble member run again with the pseudo-labels: that trial
 # --- study attributes ---
 PLAN = "plan"  # the budgets planned from measured speed for a deadline (`budget.Plan`)
+PACES = "paces"  # a planned search: each finished trial's seconds over what its measured speed said
 DEADLINE = "deadline"  # when the latest search with --timeout ends (seconds since the epoch)
 WORKER_STARTS = "worker_starts"  # searches started on the study (each draws with a seed of its own)
 FINGERPRINT = "fingerprint"  # search space, data and folds the study was started with
@@ -53,7 +56,7 @@ def fold_key(k: int) -> str:
 
 def artifact_owner(trial: FrozenTrial) -> int:
     """The trial number whose directory holds this trial's folds (a retry reuses its original's)."""
-    retry_of = trial.user_attrs.get(RETRY_OF)
+    retry_of = trial.user_attrs.get(RETRY_OF, trial.user_attrs.get(REUSES))
     if retry_of is not None:
         return int(retry_of)
     retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
@@ -66,7 +69,7 @@ def running_owner(trial: optuna.Trial) -> int:
     for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if frozen.number == trial.number:
             return artifact_owner(frozen)
-    return int(trial.user_attrs.get(RETRY_OF, trial.number))  # finished meanwhile (a heartbeat check)
+    return int(trial.user_attrs.get(RETRY_OF, trial.user_attrs.get(REUSES, trial.number)))  # finished meanwhile
 
 
 def latest_per_folder(trials: Iterable[FrozenTrial]) -> Dict[int, FrozenTrial]:
@@ -129,6 +132,31 @@ def budget(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[int]:
 
 def promoted_from(trial: FrozenTrial) -> Optional[int]:
     return trial.user_attrs.get(PROMOTED_FROM)
+
+
+def folds_run(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[int]:
+    """The folds a trial of a lower rung trains (the first ones); None: all of them."""
+    n = trial.user_attrs.get(FOLDS_RUN)
+    return None if n is None else int(n)
+
+
+def whole(trial: FrozenTrial, k: Optional[int] = None) -> bool:
+    """Whether the trial trains all (`k`) folds: only such a trial has a CV, ranks or joins an ensemble."""
+    return folds_run(trial) in (None, k)
+
+
+def whole_complete(study: optuna.Study, k: Optional[int] = None) -> List[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if whole(t, k)]
+
+
+def best_whole(study: optuna.Study, k: Optional[int] = None) -> Optional[FrozenTrial]:
+    """The best COMPLETE trial of all `k` folds (a trial of a few folds has no CV); None before one."""
+    best = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return best(whole_complete(study, k), key=lambda t: t.value, default=None)
+
+
+def paces(study: optuna.Study) -> List[float]:
+    return list(study.user_attrs.get(PACES, []))
 
 
 def pseudo(trial: Union[FrozenTrial, optuna.Trial]) -> Optional[str]:
@@ -202,8 +230,11 @@ def set_pruned(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(PRUNED, reason)
 
 
-def set_budget(trial: optuna.Trial, steps: int) -> None:
+def set_budget(trial: optuna.Trial, steps: int, folds: Optional[int] = None) -> None:
+    """A planned trial's steps a fold, and the folds it trains when not all (`folds`)."""
     trial.set_user_attr(BUDGET, steps)
+    if folds is not None:
+        trial.set_user_attr(FOLDS_RUN, folds)
 
 
 def set_pseudo(trial: optuna.Trial, set_id: str, images: int) -> None:
@@ -216,15 +247,21 @@ def retry_attrs(owner: int, source: FrozenTrial) -> Dict[str, Any]:
     planned trial's budget goes with it (the same steps: its finished folds are reused), and what it
     stands for (its recipe, the trial it was promoted from, its pseudo-label set)."""
     attrs = {RETRY_OF: owner, RETRY_SOURCE: source.number}
-    for key in (BUDGET, RECIPE, PROMOTED_FROM, PSEUDO, PSEUDO_OF):
+    for key in (BUDGET, FOLDS_RUN, RECIPE, PROMOTED_FROM, PSEUDO, PSEUDO_OF):
         if key in source.user_attrs:
             attrs[key] = source.user_attrs[key]
     return attrs
 
 
-def promotion_attrs(source: FrozenTrial, steps: int) -> Dict[str, Any]:
-    """The attributes of trial `source` enqueued again at the next rung's budget (on its pseudo-labels)."""
+def promotion_attrs(source: FrozenTrial, steps: int, folds: Optional[int] = None) -> Dict[str, Any]:
+    """The attributes of trial `source` enqueued again at the next rung's budget (on its pseudo-labels):
+    `steps` a fold on `folds` folds (None: all). The same steps on more folds train in its folder,
+    reading its finished folds back."""
     kept = {PSEUDO: source.user_attrs[PSEUDO]} if PSEUDO in source.user_attrs else {}
+    if folds is not None:
+        kept[FOLDS_RUN] = folds
+    if budget(source) == steps:
+        kept[REUSES] = artifact_owner(source)
     return {BUDGET: steps, PROMOTED_FROM: source.number, **kept}
 
 
@@ -253,6 +290,10 @@ def set_fingerprint(study: optuna.Study, value: dict) -> None:
 
 def set_plan(study: optuna.Study, value: dict) -> None:
     study.set_user_attr(PLAN, value)
+
+
+def set_paces(study: optuna.Study, kept: List[float]) -> None:
+    study.set_user_attr(PACES, [round(p, 3) for p in kept])
 
 
 def set_deadline(study: optuna.Study, at: float) -> None:

@@ -30,7 +30,7 @@ def suggest_config(trial: optuna.Trial, run: Run, data: SearchData, plan: Option
         sizes, evals = list(plan.image_sizes), plan.evals_at(steps)
     heads = data.task.heads
     loss_names = ["loss"] if len(heads) == 1 else [f"loss_{h.name}" for h in heads]
-    model = choose_model(trial, run.spec, data.task, data.channels)
+    model = choose_model(trial, run.spec, data.task, data.channels, plan.backbones if plan else ())
     return TrialConfig(
         backbone=model.name, model_family=model.family,
         image_size=trial.suggest_categorical("image_size", sizes),
@@ -75,14 +75,35 @@ def enqueue_pseudo_members(study: optuna.Study, pseudo: PseudoSet) -> List[int]:
     return enqueued
 
 
-def recipe_config(run: Run, data: SearchData, image_size: int) -> TrialConfig:
-    """The configuration of the study's first recipe (else the space's first draw) at `image_size`:
-    what a planned search times."""
+def recipe_config(run: Run, data: SearchData, image_size: int, backbone: Optional[str] = None) -> TrialConfig:
+    """The configuration of the study's first recipe (else the space's first draw) at `image_size`
+    (any, not only the spec's), on `backbone` if given (one of the spec's): what a planned search times."""
     names = recipe_names(run.spec)
     params = recipe_params(RECIPES.get(names[0])(run.spec), run, data) if names else {}
+    if backbone is not None:
+        params = with_backbone(params, backbone)
+    steps = max(run.spec.search.steps)
+    probe_plan = Plan(rungs=(steps,), evals=(evals_at(run.spec.search, steps),), seconds=(0.0,),
+                      image_sizes=(image_size,), line="", backbones=(backbone,) if backbone else ())
     probe_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # in memory
     probe_study.enqueue_trial({**params, "image_size": image_size})
-    return suggest_config(probe_study.ask(), run, data)
+    return suggest_config(probe_study.ask(), run, data, probe_plan)
+
+
+def with_backbone(params: dict, backbone: str) -> dict:
+    """`params` with their model on `backbone`: a classifier's backbone, a decoder's encoder."""
+    out = dict(params)
+    if "backbone" in out:
+        out["backbone"] = backbone
+    for key in ("model", "mask_model"):
+        if key in out:
+            out[key] = f"{str(out[key]).split('/')[0]}/{backbone}"
+    return out
+
+
+def backbone_of(model: str) -> str:
+    """The backbone (timm encoder) of a trial's model name: `unet/resnet18` → resnet18."""
+    return model.split("/")[-1]
 
 
 def recipe_params(recipe: dict, run: Run, data: SearchData, plan: Optional[Plan] = None) -> dict:

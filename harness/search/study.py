@@ -112,7 +112,7 @@ def retry_damaged(study: optuna.Study, run: Run) -> List[Tuple[int, str]]:
     retried = record.retried_sources(trials)
     out = []
     for owner, t in record.latest_per_folder([t for t in trials if t.state == TrialState.COMPLETE]).items():
-        damage = None if t.number in retried else first_damage(run.paths, owner, run.spec.folds)
+        damage = None if t.number in retried else first_damage(run.paths, owner, record.folds_run(t) or run.spec.folds)
         if damage is not None:
             study.enqueue_trial(t.params, user_attrs=record.retry_attrs(owner, t))
             out.append((t.number, damage.line(run.paths.root)))

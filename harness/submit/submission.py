@@ -16,7 +16,7 @@ from ..config.paths import Run
 from ..data.prepare import SearchData, prepare_data
 from ..errors import SpecError
 from ..files import Staged
-from ..search.record import latest_per_folder
+from ..search.record import latest_per_folder, whole_complete
 from ..search.storage import read_study
 from ..training.predict import fold_tests
 from ..training.store import DamagedFold, load_trial_folds, pool_folds
@@ -105,7 +105,8 @@ def load_trial_predictions(run: Run, study, data: SearchData,
     whose files are damaged, is left out, in a line."""
     preds, damaged = [], []
     n_train = len(data.samples.train)
-    for owner, t in latest_per_folder(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).items():
+    # a trial of a planned search's lowest rung trained a few folds: it has no OOF for the others
+    for owner, t in latest_per_folder(whole_complete(study)).items():
         try:
             folds = load_trial_folds(run.paths, owner, run.spec.folds)
         except DamagedFold as err:

@@ -35,7 +35,7 @@ def search_section(run: "Run", study: optuna.Study) -> List[str]:
     parts += importance_parts(study, params)
     if params:
         parts.append(fig.img("Parameters against the CV (slices)", slices(study, params)))
-    parts += ["<h2>Trials over time</h2>", timeline(trials, study.best_trial.number)]
+    parts += ["<h2>Trials over time</h2>", timeline(trials, _best(study).number)]
     parts += _curves_section(run, study, complete)
     return parts
 
@@ -57,7 +57,14 @@ def importance_parts(study: optuna.Study, params: List[str]) -> List[str]:
 
 
 def _complete(study: optuna.Study) -> List[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """The complete trials with a CV: a planned search's lowest rung (a few folds) has none."""
+    return record.whole_complete(study)
+
+
+def _best(study: optuna.Study) -> FrozenTrial:
+    best = record.best_whole(study)
+    assert best is not None  # the callers draw only once a trial is complete
+    return best
 
 
 def varied_params(complete: List[FrozenTrial]) -> List[str]:
@@ -76,7 +83,7 @@ def history(study: optuna.Study) -> bytes:
     """Each complete trial's CV against its number (a pruned one's last report), the best so far as a
     line, the best trial marked."""
     plt = fig.pyplot()
-    complete, best = _complete(study), study.best_trial
+    complete, best = _complete(study), _best(study)
     numbers, values = [t.number for t in complete], [t.value for t in complete]
     pick = np.minimum if study.direction == optuna.study.StudyDirection.MINIMIZE else np.maximum
     figure, ax = plt.subplots(figsize=(10, 3.6))
@@ -119,7 +126,7 @@ def importances(study: optuna.Study, params: List[str]) -> Optional[bytes]:
 def slices(study: optuna.Study, params: List[str]) -> bytes:
     """The CV against each varied parameter, coloured by trial number on a colour bar of its own."""
     plt = fig.pyplot()
-    complete, best = _complete(study), study.best_trial
+    complete, best = _complete(study), _best(study)
     columns = min(4, len(params))
     rows = -(-len(params) // columns)
     figure = plt.figure(figsize=(3.4 * columns + 0.6, 3.0 * rows))
@@ -164,7 +171,7 @@ def _positions(ax, name: str, trials: List[FrozenTrial]) -> Dict[int, float]:
 
 
 def _curves_section(run: "Run", study: optuna.Study, complete: List[FrozenTrial]) -> List[str]:
-    metric, best = run.spec.metric, study.best_trial
+    metric, best = run.spec.metric, _best(study)
     curves = {t.number: (t.value, c) for t in top_trials(study, complete)
               if (c := trial_curve(fold_histories(run, t), metric)) is not None}
     parts = []

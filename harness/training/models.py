@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from functools import lru_cache
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -240,11 +240,15 @@ class ModelChoice:
     aux_weight: float = 0.0
 
 
-def choose_model(trial: Any, spec: "Competition", task: Task, channels: int) -> ModelChoice:
+def choose_model(trial: Any, spec: "Competition", task: Task, channels: int,
+                 backbones: Sequence[str] = ()) -> ModelChoice:
     """The trial's draw of its model, the one place a family is decided: decoders for a task whose
     labels are masks; else the spec's families (a timm classifier, with the auxiliary mask head
-    when it draws a mask weight above 0, or the mask_score decoder trained on the masks)."""
+    when it draws a mask weight above 0, or the mask_score decoder trained on the masks).
+    `backbones`: the spec's that a planned search keeps (all when empty)."""
     search = spec.search
+    if backbones:
+        search = replace(search, backbones=[b for b in search.backbones if b in backbones])
     if task.masks_are_labels:
         return ModelChoice(trial.suggest_categorical("model", buildable_models(search, channels)), "smp")
     families = search.families
