@@ -63,7 +63,8 @@ def search_figures(competition: str, run_dir: Path, timeout: float, data_root: O
     trials = study.get_trials(deepcopy=False)
     complete = record.whole_complete(study, k)
     ranked = [t for t in trials if t.state == TrialState.COMPLETE and not record.whole(t, k)]
-    recipe = next((t for t in complete if record.recipe(t)), None)
+    recipes = {t.number for t in trials if record.recipe(t)}  # a recipe ranked on a few folds, then widened
+    recipe = next((t for t in complete if t.number in recipes or record.promoted_from(t) in recipes), None)
     best = record.best_whole(study, k)
     plan = record.plan(study)
     budgets = sorted({record.budget(t) for t in complete if record.budget(t)})

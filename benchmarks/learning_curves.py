@@ -7,7 +7,7 @@ trained from scratch (or from --set search.pretrained=… weights) at one image 
 Each point is its own fold trained with the whole schedule (warm-up, cosine to zero) for that many
 epochs, as a rung of a planned search would be; the score is the fold's validation metric on its
 last weights, averaged over the first --folds folds. Prints one JSON object per competition: the
-points and their seconds. The learning floors of `search/plan.py` (FLOOR_EPOCHS) come from these
+points and their seconds. The learning floors of `search/plan.py` (FLOOR) come from these
 figures (README, "Budgets").
 """
 from __future__ import annotations

@@ -21,8 +21,8 @@ from . import record
 from .plan import Plan
 
 # what the terminal's table leaves out of a record (the csv and json keep them)
-DETAIL = ("folds_run", "partial_score", "started", "finished", "host", "pid", "images_trained", "timing", "recipe", "retry_of",
-          "promoted_from", "reused_folds", "pseudo", "pseudo_images")
+DETAIL = ("folds_run", "partial_score", "started", "finished", "host", "pid", "images_trained", "timing", "recipe",
+          "retry_of", "promoted_from", "reused_folds", "pseudo", "pseudo_images")
 
 
 def state_name(trial: FrozenTrial) -> str:

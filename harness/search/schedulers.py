@@ -32,7 +32,8 @@ class SuccessiveHalving(Scheduler):
     """Asynchronous successive halving (ASHA) over the plan's rungs, each a number of steps on a
     number of folds: the best complete trial of a rung that is among its best 1/η and not promoted
     yet runs again at the next rung, highest rung first. A trial is ranked only against trials of its
-    own steps and folds."""
+    own steps and folds. Until one trial of all folds is complete (or running), the best trial ranked
+    on a few folds goes up at once: a search has something to submit as early as it can."""
 
     def enqueue_next(self, study: optuna.Study, plan: Plan, seconds_left: Optional[float]) -> Optional[str]:
         trials = study.get_trials(deepcopy=False)
@@ -40,10 +41,13 @@ class SuccessiveHalving(Scheduler):
         k = int(plan.shape.get("folds", 0)) or None
         by_rung = rung_members(trials, plan, k)
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        # anytime: until a trial of all folds is complete, the best ranked on a few goes up at once
+        first_whole = plan.folds_at(0, k or 0) != plan.folds_at(1, k or 0) and not any(
+            record.whole(t, k) for t in trials if t.state != TrialState.FAIL)
         for rung in reversed(range(len(plan.rungs) - 1)):
             ranked = sorted(by_rung.get(rung, []), key=lambda t: -t.value if maximize else t.value)
             steps, folds = plan.rungs[rung + 1], plan.folds_at(rung + 1, k or 0) or None
-            for t in ranked[:len(ranked) // ETA]:
+            for t in ranked[:1 if first_whole and rung == 0 else len(ranked) // ETA]:
                 fits = seconds_left is None or promoted_seconds(t, plan, steps, folds) <= seconds_left
                 if t.number not in promoted and fits:
                     whole = folds is None or folds == k
