@@ -11,12 +11,7 @@
 # and STEPS shrink it.
 set -euo pipefail
 OUT=${OUT:-/tmp/device-check}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/util.csv" &
-SMI=$!
-trap 'kill $SMI' EXIT
+source "$(dirname "$0")/device_env.sh"
 python3 benchmarks/search_throughput.py --competition competitions/uhcs-phase --data-root .gpu/uhcs-jpeg90 \
     --trials "${TRIALS:-6}" --workers 1,4 --set "search.steps=[${STEPS:-600}]" > "$OUT/uhcs.json"
 python3 benchmarks/search_throughput.py --competition competitions/faces-multihead --data-root .gpu/faces-multihead \

@@ -11,12 +11,7 @@
 # Writes $OUT/deadline.json (benchmarks/deadline.py) and $OUT/util.csv (nvidia-smi every 2 s).
 set -euo pipefail
 OUT=${OUT:-/tmp/device-deadline}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 2 > "$OUT/util.csv" &
-SMI=$!
-trap 'kill $SMI' EXIT
+source "$(dirname "$0")/device_env.sh"
 args=()
 read -r -a comps <<< "${COMPETITIONS:-competitions/uhcs-phase}"
 read -r -a roots <<< "${DATA:-.gpu/uhcs-jpeg90}"

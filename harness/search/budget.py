@@ -63,7 +63,7 @@ def measured_plan(run: Run, data: SearchData, deadline: float, timeout: Optional
     shape = trial_shape(run, data)
     first = recipe_config(run, data, max(run.spec.search.image_size))
     floor = learning_floor(shape.train_images, first.batch_size, bool(first.pretrained))
-    backbones = planned_backbones(run, data)
+    backbones = planned_backbones(run, first.backbone)
 
     def speed_of(backbone: str, size: int) -> Speed:
         return model_speed(run, data, backbone, size)
@@ -78,9 +78,9 @@ def measured_plan(run: Run, data: SearchData, deadline: float, timeout: Optional
     return replace(plan, family=first.model_family)
 
 
-def planned_backbones(run: Run, data: SearchData) -> List[str]:
-    """The spec's backbones, the first recipe's first: what the plan is timed with."""
-    first = backbone_of(recipe_config(run, data, max(run.spec.search.image_size)).backbone)
+def planned_backbones(run: Run, recipe_model: str) -> List[str]:
+    """The spec's backbones, the first recipe's (`recipe_model`, its model) first: what the plan is timed with."""
+    first = backbone_of(recipe_model)
     return [first] + [b for b in run.spec.search.backbones if b != first]
 
 
@@ -95,7 +95,7 @@ def model_speed(run: Run, data: SearchData, backbone: str, size: int) -> Speed:
 
 def recipe_speeds(run: Run, data: SearchData) -> Dict[int, Speed]:
     """The first recipe's speed on this machine at each of the spec's image sizes."""
-    backbone = planned_backbones(run, data)[0]
+    backbone = backbone_of(recipe_config(run, data, max(run.spec.search.image_size)).backbone)
     return {size: model_speed(run, data, backbone, size) for size in sorted(set(run.spec.search.image_size))}
 
 
